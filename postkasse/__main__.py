@@ -1,0 +1,3 @@
+from postkasse.cli import main
+
+raise SystemExit(main())

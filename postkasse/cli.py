@@ -1,0 +1,97 @@
+"""The `postkasse` command: serve | worker | migrate | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from postkasse import __version__, config, logs
+from postkasse.config import ConfigError, Settings
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse.daemon import Daemon
+
+    asyncio.run(Daemon(settings).run())
+    return 0
+
+
+def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse import pipeline
+    from postkasse.clock import SystemClock
+    from postkasse.store import Store
+    from postkasse.tasks import Actors
+    from postkasse.workers import make_broker, start_worker
+
+    if not settings.broker.url:
+        print(
+            "postkasse worker: broker.url is empty, so `serve` runs the workers itself; "
+            "set broker.url (POSTKASSE_BROKER__URL=redis://...) to run them apart",
+            file=sys.stderr,
+        )
+        return 2
+    store = Store(settings.database.url)
+    broker = make_broker(settings)
+    Actors(broker, pipeline.build(settings, store, SystemClock()))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = start_worker(broker, settings.broker.worker_threads)
+    logs.get("postkasse.worker").info("worker running", threads=settings.broker.worker_threads)
+    stop.wait()
+    worker.stop()
+    broker.close()
+    store.dispose()
+    return 0
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse.store import Store
+    from postkasse.store.migrate import current, upgrade
+
+    store = Store(settings.database.url)
+    upgrade(store)
+    print(f"database at revision {current(store)}")
+    return 0
+
+
+def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
+    print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="postkasse", description=__doc__)
+    top.add_argument(
+        "--config", metavar="PATH", help=f"TOML configuration file (default: ${config.CONFIG_ENV})"
+    )
+    top.add_argument("--version", action="version", version=f"postkasse {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, Command, str]] = [
+        ("serve", cmd_serve, "run the mailbox: SMTP, HTTP and (with no broker) the workers"),
+        ("worker", cmd_worker, "run the workers against the Redis broker"),
+        ("migrate", cmd_migrate, "bring the database schema up to date"),
+        ("check-config", cmd_check_config, "print the effective configuration, secrets masked"),
+    ]
+    for name, func, text in commands:
+        sub.add_parser(name, help=text, description=text).set_defaults(func=func)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = config.load(args.config)
+    except ConfigError as exc:
+        print(f"postkasse: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log.level, settings.log.json_format)
+    result: int = args.func(settings, args)
+    return result

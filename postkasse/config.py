@@ -1,0 +1,183 @@
+"""Configuration: a TOML file with environment overrides ``POSTKASSE_<SECTION>__<KEY>``.
+
+Precedence, highest first: environment, the TOML file, the defaults below. The defaults are the
+embedded set-up (SQLite under ./var, in-process workers, loopback ports) so one command runs it all.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "POSTKASSE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says why in words an operator can act on."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite:///var/postkasse.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return url
+
+
+class BrokerSettings(_Section):
+    url: str = Field("", description="redis://...; empty runs the workers inside `serve`")
+    namespace: str = "postkasse"
+    worker_threads: int = Field(4, ge=1, le=64)
+
+
+class SmtpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(2525, ge=0, le=65535)
+    hostname: str = "postkasse.localhost"
+    accept_addresses: list[str] = Field(default_factory=lambda: ["postkasse@localhost"])
+    max_message_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    require_starttls: bool = False
+    idle_timeout_seconds: float = Field(300.0, gt=0)
+    session_timeout_seconds: float = Field(1800.0, gt=0)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+
+    @field_validator("accept_addresses")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        if not addresses:
+            raise ValueError("at least one mailbox address is needed")
+        for address in addresses:
+            local, at, domain = address.partition("@")
+            if not (local and at and domain):
+                raise ValueError(f"{address!r} is not an address of the form local@domain")
+        return [a.lower() for a in addresses]
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.require_starttls and self.tls_cert is None:
+            raise ValueError("require_starttls needs tls_cert and tls_key")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=0, le=65535)
+
+
+class OutboxSettings(_Section):
+    """How the database outbox re-sends work the broker may have lost."""
+
+    redrive_interval_seconds: float = Field(30.0, gt=0)
+    lease_seconds: float = Field(300.0, gt=0, description="how long a sent row waits before it is re-sent")
+
+
+class LogSettings(_Section):
+    level: str = "INFO"
+    json_format: bool = Field(True, alias="json")
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, level: str) -> str:
+        level = level.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="POSTKASSE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with passwords in URLs replaced, for printing."""
+        data = self.model_dump(mode="json", by_alias=True)
+        data["database"]["url"] = mask_url(self.database.url)
+        data["broker"]["url"] = mask_url(self.broker.url)
+        return data
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def load(path: str | Path | None = None) -> Settings:
+    """Read the configuration from ``path`` (or $POSTKASSE_CONFIG) and the environment."""
+    path = path or os.environ.get(CONFIG_ENV) or None
+    toml_file: Path | None = None
+    if path is not None:
+        toml_file = Path(path)
+        if not toml_file.is_file():
+            raise ConfigError(f"configuration file {toml_file} does not exist")
+        try:
+            tomllib.loads(toml_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{toml_file}: not valid TOML: {exc}") from None
+    cls = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": toml_file}})
+    try:
+        settings: Settings = cls()
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, toml_file)) from None
+    return settings
+
+
+def _describe(exc: ValidationError, toml_file: Path | None) -> str:
+    where = f" in {toml_file} or the environment" if toml_file else " in the environment"
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        env = "POSTKASSE_" + "__".join(str(part).upper() for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key} ({env}): {message}")
+    return "\n".join(lines)

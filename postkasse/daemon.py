@@ -1,0 +1,92 @@
+"""`postkasse serve`: SMTP and HTTP on one event loop, the store writer, and (embedded) the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+
+import uvicorn
+
+from postkasse import logs, pipeline
+from postkasse.clock import Clock, SystemClock
+from postkasse.config import Settings
+from postkasse.mailbox.committer import GroupCommitter
+from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
+from postkasse.pipeline import Next
+from postkasse.store import Store, Stored
+from postkasse.store.migrate import upgrade
+from postkasse.tasks import Actors
+from postkasse.web import create_app
+from postkasse.workers import Redriver, make_broker, start_worker
+
+log = logs.get(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Daemon:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = Store(settings.database.url)
+        self.lease = timedelta(seconds=settings.outbox.lease_seconds)
+        self.broker = make_broker(settings)
+        self.actors = Actors(self.broker, pipeline.build(settings, self.store, self.clock))
+        self.stop_requested = asyncio.Event()
+
+    def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
+        self.actors.dispatch([Next(s.outbox_id, s.kind) for s in stored])
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        await loop.run_in_executor(None, upgrade, self.store)
+
+        embedded = not self.settings.broker.url
+        worker = start_worker(self.broker, self.settings.broker.worker_threads) if embedded else None
+        redriver = Redriver(
+            self.store, self.clock, self.lease, self.actors, self.settings.outbox.redrive_interval_seconds
+        )
+        redriver.start()
+
+        committer = GroupCommitter(self.store, pipeline.FIRST_STEP, self.lease, self._dispatch_stored)
+        committer.start()
+        smtp = SmtpServer(
+            self.settings.smtp, MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock)
+        )
+        await smtp.start()
+        http = _Uvicorn(
+            uvicorn.Config(
+                create_app(self.store),
+                host=self.settings.http.host,
+                port=self.settings.http.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        http_task = loop.create_task(http.serve(), name="http")
+        log.info("postkasse serving", embedded_workers=embedded)
+
+        await self.stop_requested.wait()
+        log.info("shutting down")
+        await smtp.stop()
+        await committer.close()
+        http.should_exit = True
+        await http_task
+        redriver.stop()
+        if worker is not None:
+            await loop.run_in_executor(None, worker.stop)
+        self.broker.close()
+        self.store.dispose()
+        log.info("stopped")

@@ -1,0 +1,1 @@
+"""Ingest: receive bytes on a channel, store them durably, and only then acknowledge."""

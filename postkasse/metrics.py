@@ -1,0 +1,29 @@
+"""Prometheus metrics. Labels carry channels, reasons and kinds, never personal data."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_ACCEPTED = Counter(
+    "postkasse_messages_accepted_total", "Messages stored and acknowledged", ["channel"]
+)
+MESSAGES_REJECTED = Counter(
+    "postkasse_messages_rejected_total", "Messages or recipients refused, by reason", ["channel", "reason"]
+)
+COMMIT_SECONDS = Histogram(
+    "postkasse_store_commit_seconds",
+    "Time to write and commit one group of received messages",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+COMMIT_GROUP_SIZE = Histogram(
+    "postkasse_store_commit_group_size",
+    "Messages written by one commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+SMTP_SESSIONS = Gauge("postkasse_smtp_sessions", "Open SMTP sessions")
+OUTBOX_DISPATCHED = Counter(
+    "postkasse_outbox_dispatched_total", "Outbox rows sent to the broker", ["kind", "why"]
+)
+OUTBOX_DONE = Counter("postkasse_outbox_done_total", "Outbox work completed", ["kind"])
+OUTBOX_FAILED = Counter("postkasse_outbox_failed_total", "Outbox work that failed its last attempt", ["kind"])
+OUTBOX_ERRORS = Counter("postkasse_outbox_errors_total", "Outbox attempts that raised", ["kind"])

@@ -1,0 +1,85 @@
+"""Received messages: the raw bytes and their envelope, written once and never changed."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select
+
+from postkasse.store import outbox
+from postkasse.store.schema import messages
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as a channel received it, before anything else has looked at it."""
+
+    channel: str
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    peer: str
+    tls: bool
+    received_at: datetime
+    raw: bytes = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def message_id(self) -> str | None:
+        return message_id_of(self.raw)
+
+
+def message_id_of(raw: bytes) -> str | None:
+    """The Message-ID header's value, read from the header block only."""
+    end = _HEADER_END.search(raw)
+    match = _MESSAGE_ID.search(raw, 0, end.start() if end else len(raw))
+    if not match:
+        return None
+    value = b" ".join(match.group(1).split()).decode("ascii", "replace").strip()
+    return value[:998] or None
+
+
+@dataclass(frozen=True)
+class Stored:
+    message_id: int
+    outbox_id: int
+    kind: str
+
+
+def save(conn: Connection, batch: Sequence[Received], first_step: str, lease_until: datetime) -> list[Stored]:
+    """Write each message with an outbox row for its first step, inside the caller's transaction."""
+    stored = []
+    for item in batch:
+        message_id = conn.execute(
+            insert(messages)
+            .values(
+                channel=item.channel,
+                mail_from=item.mail_from,
+                rcpt_tos=list(item.rcpt_tos),
+                peer=item.peer,
+                tls=item.tls,
+                received_at=item.received_at,
+                size=len(item.raw),
+                sha256=item.sha256,
+                message_id=item.message_id,
+                raw=item.raw,
+            )
+            .returning(messages.c.id)
+        ).scalar_one()
+        outbox_id = outbox.add(conn, first_step, message_id, item.received_at, lease_until)
+        stored.append(Stored(message_id, outbox_id, first_step))
+    return stored
+
+
+def raw_of(conn: Connection, message_id: int) -> bytes:
+    raw: bytes = conn.execute(select(messages.c.raw).where(messages.c.id == message_id)).scalar_one()
+    return raw

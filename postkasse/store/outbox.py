@@ -1,0 +1,100 @@
+"""The outbox: work still to do for a stored message. The source of truth; the broker only carries it.
+
+A row is `pending` until its step commits together with `finish`, so a redelivered broker message
+finds it `done` and does nothing. Rows the broker lost are sent again once their lease runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from postkasse.store.schema import outbox
+
+
+@dataclass(frozen=True)
+class Work:
+    id: int
+    kind: str
+    message_id: int
+    attempts: int
+
+
+def add(conn: Connection, kind: str, message_id: int, now: datetime, lease_until: datetime) -> int:
+    outbox_id: int = conn.execute(
+        insert(outbox)
+        .values(
+            kind=kind,
+            message_id=message_id,
+            state="pending",
+            attempts=0,
+            created_at=now,
+            next_attempt_at=lease_until,
+        )
+        .returning(outbox.c.id)
+    ).scalar_one()
+    return outbox_id
+
+
+def claim(conn: Connection, outbox_id: int) -> Work | None:
+    """The row if it still needs doing, locked for this transaction; None if done or failed."""
+    query = select(outbox.c.id, outbox.c.kind, outbox.c.message_id, outbox.c.attempts).where(
+        outbox.c.id == outbox_id, outbox.c.state == "pending"
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    return Work(row.id, row.kind, row.message_id, row.attempts) if row else None
+
+
+def finish(conn: Connection, outbox_id: int, now: datetime) -> None:
+    result = conn.execute(
+        update(outbox)
+        .where(outbox.c.id == outbox_id, outbox.c.state == "pending")
+        .values(state="done", finished_at=now, attempts=outbox.c.attempts + 1, last_error=None)
+    )
+    if result.rowcount != 1:
+        raise RuntimeError(f"outbox row {outbox_id} was finished by someone else")
+
+
+def record_failure(
+    conn: Connection, outbox_id: int, now: datetime, error: str, retry_at: datetime, max_attempts: int
+) -> bool:
+    """Count a failed attempt; returns True when that was the last one and the row is now `failed`."""
+    row = conn.execute(
+        update(outbox)
+        .where(outbox.c.id == outbox_id, outbox.c.state == "pending")
+        .values(attempts=outbox.c.attempts + 1, last_error=error[:2000], next_attempt_at=retry_at)
+        .returning(outbox.c.attempts)
+    ).one_or_none()
+    if row is None or row.attempts < max_attempts:
+        return False
+    conn.execute(update(outbox).where(outbox.c.id == outbox_id).values(state="failed", finished_at=now))
+    return True
+
+
+def due(conn: Connection, now: datetime | None, limit: int, after_id: int = 0) -> list[Work]:
+    """Pending rows whose lease ran out by `now` (all pending rows if None), in id order after `after_id`."""
+    query = select(outbox.c.id, outbox.c.kind, outbox.c.message_id, outbox.c.attempts).where(
+        outbox.c.state == "pending", outbox.c.id > after_id
+    )
+    if now is not None:
+        query = query.where(outbox.c.next_attempt_at <= now)
+    rows = conn.execute(query.order_by(outbox.c.id).limit(limit)).all()
+    return [Work(r.id, r.kind, r.message_id, r.attempts) for r in rows]
+
+
+def extend_lease(conn: Connection, ids: list[int], until: datetime) -> None:
+    if ids:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id.in_(ids), outbox.c.state == "pending")
+            .values(next_attempt_at=until)
+        )
+
+
+def backlog(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(outbox.c.state, func.count()).group_by(outbox.c.state)).all()
+    return {state: count for state, count in rows}

@@ -1,0 +1,110 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations in ./migrations must produce exactly this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite's INTEGER PRIMARY KEY is its rowid; PostgreSQL gets a bigint identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back timezone-aware, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel", String(16), nullable=False, comment="smtp | imap | http"),
+    Column("mail_from", Text, nullable=False, comment="envelope sender; empty for the null sender"),
+    Column("rcpt_tos", JSON, nullable=False, comment="envelope recipients"),
+    Column("peer", String(64), nullable=False, comment="client address and port"),
+    Column("tls", Boolean, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("message_id", Text, nullable=True, comment="the Message-ID header, if any"),
+    Column("raw", LargeBinary, nullable=False, comment="the bytes exactly as received"),
+    Index(None, "message_id"),
+    Index(None, "received_at"),
+)
+
+OUTBOX_STATES = ("pending", "done", "failed")
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False, comment="the pipeline step to run"),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False, comment="when the redriver may send it again"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    CheckConstraint("state IN ('pending', 'done', 'failed')", name="state"),
+    Index(None, "state", "next_attempt_at"),
+    Index(None, "message_id"),
+)
+
+message_headers = Table(
+    "message_headers",
+    metadata,
+    Column("message_id", Id, ForeignKey("messages.id"), primary_key=True),
+    Column("from_header", Text, nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("date_header", Text, nullable=True),
+    Column("content_type", Text, nullable=True),
+    Column("defects", Integer, nullable=False, comment="parser defects found in the headers"),
+    Column("parsed_at", UTCDateTime, nullable=False),
+)

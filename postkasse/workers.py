@@ -1,0 +1,88 @@
+"""Running the pipeline's work: the broker, the worker threads, and the outbox redriver."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import dramatiq
+from dramatiq.broker import Broker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from postkasse import logs
+from postkasse.clock import Clock
+from postkasse.config import Settings
+from postkasse.pipeline import Next
+from postkasse.store import Store, outbox
+from postkasse.tasks import Actors
+
+log = logs.get(__name__)
+
+# A killed worker's unacknowledged messages go back to the queue once its heartbeat is this old
+# and a maintenance run happens; dramatiq's defaults (60 s, 0.1% of commands) can leave them 15+ minutes.
+HEARTBEAT_TIMEOUT_MS = 20_000
+MAINTENANCE_CHANCE = 50_000  # of 1,000,000 commands: 5%
+
+
+def make_broker(settings: Settings) -> Broker:
+    if not settings.broker.url:
+        return StubBroker()
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.broker.url,
+        namespace=settings.broker.namespace,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
+    )
+
+
+def start_worker(broker: Broker, threads: int) -> dramatiq.Worker:
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=250)
+    worker.start()
+    return worker
+
+
+def redrive(
+    store: Store, clock: Clock, lease: timedelta, actors: Actors, *, everything: bool = False, page: int = 500
+) -> int:
+    """Send again the pending outbox rows whose lease ran out, or with `everything` all pending rows
+    (at start, when the broker may have lost them all). Returns how many were sent."""
+    now = clock.now()
+    sent, after = 0, 0
+    while True:
+        with store.write() as conn:
+            due = outbox.due(conn, None if everything else now, page, after_id=after)
+            outbox.extend_lease(conn, [w.id for w in due], now + lease)
+        if not due:
+            break
+        actors.dispatch([Next(w.id, w.kind) for w in due], why="redrive")
+        sent += len(due)
+        after = due[-1].id
+    if sent:
+        log.info("resent outbox work to the broker", count=sent, everything=everything)
+    return sent
+
+
+class Redriver(threading.Thread):
+    """Runs `redrive` for everything pending at start, then for expired leases every interval."""
+
+    def __init__(self, store: Store, clock: Clock, lease: timedelta, actors: Actors, interval: float) -> None:
+        super().__init__(name="outbox-redriver", daemon=True)
+        self.args = (store, clock, lease, actors)
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        everything = True
+        while True:
+            try:
+                redrive(*self.args, everything=everything)
+                everything = False
+            except Exception as exc:
+                log.warning("outbox redrive failed; will try again", error=str(exc))
+            if self.stopping.wait(self.interval):
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)

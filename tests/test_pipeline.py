@@ -1,0 +1,134 @@
+"""Pipeline steps run once per outbox row, however often the broker delivers it; failures are counted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.worker import Worker
+from sqlalchemy import Connection, func, select
+
+from postkasse.clock import FixedClock
+from postkasse.mailbox.headers import ParseHeaders
+from postkasse.pipeline import Next, Pipeline
+from postkasse.store import Received, Store, outbox
+from postkasse.store import messages as stored_messages
+from postkasse.store.schema import message_headers
+from postkasse.tasks import Actors
+from postkasse.workers import redrive
+
+T0 = datetime(2026, 10, 25, 1, 30, tzinfo=UTC)  # the night Denmark moves back to winter time
+LEASE = timedelta(minutes=5)
+RAW = (
+    b"From: =?iso-8859-1?q?S=F8ren_L=E6ge?= <laege@klinik.example>\r\n"
+    b"Subject: Henvisning vedr. barn\r\nDate: Sun, 25 Oct 2026 02:30:00 +0100\r\n\r\nHej\r\n"
+)
+
+
+def save(store: Store, raw: bytes = RAW) -> stored_messages.Stored:
+    item = Received("smtp", "laege@klinik.example", ("postkasse@localhost",), "127.0.0.1:1", False, T0, raw)
+    with store.write() as conn:
+        (saved,) = stored_messages.save(conn, [item], "parse", T0 + LEASE)
+    return saved
+
+
+def headers_count(store: Store) -> int:
+    with store.read() as conn:
+        count: int = conn.execute(select(func.count()).select_from(message_headers)).scalar_one()
+        return count
+
+
+def nothing(_: Sequence[Next]) -> None:
+    pass
+
+
+def test_parse_step_reads_the_headers(store: Store) -> None:
+    saved = save(store)
+    Pipeline([ParseHeaders()], store, FixedClock(T0), LEASE).run(saved.outbox_id, nothing)
+    with store.read() as conn:
+        row = conn.execute(select(message_headers)).one()
+        assert row.from_header == "Søren Læge <laege@klinik.example>"
+        assert row.subject == "Henvisning vedr. barn"
+        assert row.content_type == "text/plain"
+        assert row.parsed_at == T0
+        assert outbox.backlog(conn) == {"done": 1}
+
+
+def test_a_redelivered_message_changes_nothing(store: Store) -> None:
+    saved = save(store)
+    pipeline = Pipeline([ParseHeaders()], store, FixedClock(T0), LEASE)
+    for _ in range(3):
+        pipeline.run(saved.outbox_id, nothing)
+    assert headers_count(store) == 1
+
+
+class Flaky:
+    name = "parse"
+    max_attempts = 3
+    min_backoff = timedelta(seconds=1)
+    max_backoff = timedelta(seconds=1)
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+        ParseHeaders().run(conn, message_id, now)  # written, then rolled back by the failure
+        if self.failures:
+            self.failures -= 1
+            raise OSError("relay hiccup")
+        return ()
+
+
+def test_a_failing_step_is_retried_and_rolled_back(store: Store) -> None:
+    saved = save(store)
+    pipeline = Pipeline([Flaky(failures=1)], store, FixedClock(T0), LEASE)
+    try:
+        pipeline.run(saved.outbox_id, nothing)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the first attempt should ask for a retry")
+    assert headers_count(store) == 0
+    pipeline.run(saved.outbox_id, nothing)
+    assert headers_count(store) == 1
+    with store.read() as conn:
+        assert outbox.backlog(conn) == {"done": 1}
+
+
+def test_a_step_that_keeps_failing_ends_failed_not_lost(store: Store) -> None:
+    saved = save(store)
+    pipeline = Pipeline([Flaky(failures=99)], store, FixedClock(T0), LEASE)
+    raised = 0
+    for _ in range(Flaky.max_attempts):
+        try:
+            pipeline.run(saved.outbox_id, nothing)
+        except OSError:
+            raised += 1
+    assert raised == Flaky.max_attempts - 1  # the last attempt records the failure instead of raising
+    with store.read() as conn:
+        assert outbox.backlog(conn) == {"failed": 1}
+        assert "relay hiccup" in conn.execute(select(outbox.outbox.c.last_error)).scalar_one()
+
+
+def test_redrive_resends_only_rows_whose_lease_ran_out(store: Store) -> None:
+    clock = FixedClock(T0)
+    broker = StubBroker()
+    actors = Actors(broker, Pipeline([ParseHeaders()], store, clock, LEASE))
+    saved = [save(store) for _ in range(3)]
+    assert redrive(store, clock, LEASE, actors) == 0
+    assert redrive(store, clock, LEASE, actors, everything=True, page=2) == 3  # at start: all pending
+    assert redrive(store, clock, LEASE, actors) == 0
+    clock.advance(LEASE)
+    assert redrive(store, clock, LEASE, actors) == 3
+    assert redrive(store, clock, LEASE, actors) == 0  # leased again: not sent twice
+    worker = Worker(broker, worker_timeout=100)
+    worker.start()
+    try:
+        broker.join("postkasse")
+        worker.join()
+    finally:
+        worker.stop()
+    assert headers_count(store) == len(saved)
+    with store.read() as conn:
+        assert outbox.backlog(conn) == {"done": 3}
