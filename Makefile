@@ -26,8 +26,8 @@ services:
 	bash deploy/dev/ensure-services.sh
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check postkasse tests bench
-	$(BIN)/ruff format --check postkasse tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
