@@ -1,4 +1,4 @@
-"""The `postkasse` command: serve | worker | migrate | check-config."""
+"""The `postkasse` command: serve | worker | migrate | check-config | refdata | route."""
 
 from __future__ import annotations
 
@@ -67,6 +67,51 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refdata_import(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from postkasse.clock import SystemClock
+    from postkasse.routing.refdata import RefdataError, import_file
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    store = Store(settings.database.url)
+    upgrade(store)
+    try:
+        result = import_file(store, args.kind, Path(args.file), SystemClock().now())
+    except (RefdataError, OSError) as exc:
+        print(
+            f"postkasse refdata import {args.kind}: refused, the data in force is unchanged: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"imported {result.rows} {result.kind} rows at {result.imported_at.isoformat()}")
+    return 0
+
+
+def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from postkasse.clock import COPENHAGEN, SystemClock
+    from postkasse.routing.explain import render
+    from postkasse.routing.step import RouteMessage
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    raw = Path(args.file).read_bytes()
+    at = SystemClock().now()
+    if args.on:
+        at = datetime.fromisoformat(args.on).replace(hour=12, tzinfo=COPENHAGEN)
+    store = Store(settings.database.url)
+    upgrade(store)
+    router = RouteMessage.from_settings(settings).router
+    with store.read() as conn:
+        decision, facts = router.decide(conn, raw, at)
+    print(render(decision, facts, as_json=args.json))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="postkasse", description=__doc__)
     top.add_argument(
@@ -82,6 +127,18 @@ def parser() -> argparse.ArgumentParser:
     ]
     for name, func, text in commands:
         sub.add_parser(name, help=text, description=text).set_defaults(func=func)
+
+    refdata = sub.add_parser("refdata", help="reference data").add_subparsers(dest="action", required=True)
+    importer = refdata.add_parser("import", help="replace one kind of reference data with a file")
+    importer.add_argument("kind", choices=["postnord", "roads", "registry"])
+    importer.add_argument("file")
+    importer.set_defaults(func=cmd_refdata_import)
+
+    route = sub.add_parser("route", help="show where a message would go, and why, changing nothing")
+    route.add_argument("--explain", dest="file", metavar="FILE", required=True, help="a raw RFC 5322 message")
+    route.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    route.add_argument("--on", metavar="YYYY-MM-DD", help="decide as on this day (ages); default today")
+    route.set_defaults(func=cmd_route)
     return top
 
 

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo
+
+COPENHAGEN = ZoneInfo("Europe/Copenhagen")
+
+
+def danish_date(moment: datetime) -> date:
+    """The calendar date in Denmark at `moment` (Europe/Copenhagen, with daylight saving)."""
+    return moment.astimezone(COPENHAGEN).date()
 
 
 class Clock(Protocol):

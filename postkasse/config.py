@@ -96,6 +96,24 @@ class OutboxSettings(_Section):
     lease_seconds: float = Field(300.0, gt=0, description="how long a sent row waits before it is re-sent")
 
 
+# The project's own list, found from the checkout; an installation elsewhere names its copy.
+DEFAULT_MUNICIPALITIES = Path(__file__).resolve().parent.parent / "config" / "municipalities.toml"
+
+
+class RoutingSettings(_Section):
+    municipalities_file: Path = DEFAULT_MUNICIPALITIES
+    min_age: int = Field(0, ge=0)
+    max_age: int = Field(17, ge=0, le=24, description="the target group is 0-17 by default, at most 0-24")
+
+    @model_validator(mode="after")
+    def _file_and_ages(self) -> RoutingSettings:
+        if not self.municipalities_file.is_file():
+            raise ValueError(f"municipalities file {self.municipalities_file} does not exist")
+        if self.min_age > self.max_age:
+            raise ValueError("min_age is above max_age")
+        return self
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     json_format: bool = Field(True, alias="json")
@@ -122,6 +140,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

@@ -18,6 +18,7 @@ from postkasse import logs, metrics
 from postkasse.clock import Clock
 from postkasse.config import Settings
 from postkasse.mailbox.headers import ParseHeaders
+from postkasse.routing.step import RouteMessage
 from postkasse.store import Store, outbox
 
 log = logs.get(__name__)
@@ -33,6 +34,10 @@ class Step(Protocol):
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
         """Do the job; return the names of the steps to run next."""
+        ...
+
+    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+        """The last attempt failed: leave the message where a person sees it; return the steps to run next."""
         ...
 
 
@@ -69,28 +74,35 @@ class Pipeline:
                 ]
                 outbox.finish(conn, outbox_id, now)
         except Exception as exc:
-            if not self._failed(outbox_id, exc):
+            if not self._failed(outbox_id, exc, dispatch):
                 raise
             return
         metrics.OUTBOX_DONE.labels(work.kind).inc()
         if follow:
             dispatch(follow)
 
-    def _failed(self, outbox_id: int, exc: Exception) -> bool:
+    def _failed(self, outbox_id: int, exc: Exception, dispatch: Dispatch) -> bool:
         """Count the failed attempt; True when it was the last and the row is now `failed`."""
         now = self.clock.now()
         error = f"{type(exc).__name__}: {exc}"
+        follow: list[Next] = []
         with self.store.write() as conn:
             work = outbox.claim(conn, outbox_id)
             if work is None:
                 return True
-            step = self.steps.get(work.kind)
-            max_attempts = step.max_attempts if step else 1
-            gave_up = outbox.record_failure(conn, outbox_id, now, error, now + self.lease, max_attempts)
+            step = self.steps[work.kind]
+            gave_up = outbox.record_failure(conn, outbox_id, now, error, now + self.lease, step.max_attempts)
+            if gave_up:
+                follow = [
+                    Next(outbox.add(conn, kind, work.message_id, now, now + self.lease), kind)
+                    for kind in step.give_up(conn, work.message_id, now)
+                ]
         metrics.OUTBOX_ERRORS.labels(work.kind).inc()
         if gave_up:
             metrics.OUTBOX_FAILED.labels(work.kind).inc()
             log.error("outbox step failed for good", outbox_id=outbox_id, kind=work.kind, error=error)
+            if follow:
+                dispatch(follow)
         else:
             log.warning(
                 "outbox step failed; will retry",
@@ -104,7 +116,8 @@ class Pipeline:
 
 def build(settings: Settings, store: Store, clock: Clock) -> Pipeline:
     """The pipeline every stored message goes through, in order of its first step."""
-    return Pipeline([ParseHeaders()], store, clock, timedelta(seconds=settings.outbox.lease_seconds))
+    steps: list[Step] = [ParseHeaders(), RouteMessage.from_settings(settings)]
+    return Pipeline(steps, store, clock, timedelta(seconds=settings.outbox.lease_seconds))
 
 
 FIRST_STEP = ParseHeaders.name

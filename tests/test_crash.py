@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from postkasse.store import Store, outbox
-from postkasse.store.schema import message_headers, messages
+from postkasse.store.schema import message_headers, messages, referrals
 from tests.conftest import REDIS_URL
 from tests.helpers import make_message, send
 from tests.servers import Daemon, RedisServer, Worker, wait_until
@@ -87,8 +87,8 @@ def test_sigkill_under_load_loses_no_acknowledged_message(
     for row in rows:
         assert row.raw in sent, "a stored message is not one that was sent: half-stored or corrupted"
         assert row.sha256 == hashlib.sha256(row.raw).hexdigest() and row.size == len(row.raw)
-    wait_until(lambda: backlog(store) == {"done": len(rows)}, 60, "all stored messages to be processed")
-    assert count(store, message_headers) == len(rows)
+    wait_until(lambda: backlog(store) == {"done": 2 * len(rows)}, 60, "all stored messages to be processed")
+    assert count(store, message_headers) == count(store, referrals) == len(rows)
     assert daemon.terminate() == 0
     store.dispose()
 
@@ -118,14 +118,14 @@ def test_killed_worker_leaves_no_work_undone_or_done_twice(
 
     worker = Worker(tmp_path, daemon.config)
     worker.start()
-    wait_until(lambda: backlog(store).get("done", 0) >= 50, 60, "the worker to get going")
+    wait_until(lambda: backlog(store).get("done", 0) >= 100, 60, "the worker to get going")
     worker.kill()
     assert backlog(store).get("pending", 0) > 0, "the worker finished before the kill: nothing was tested"
 
     worker = Worker(tmp_path, daemon.config)
     worker.start()
-    wait_until(lambda: backlog(store) == {"done": total}, 120, "all work to complete after the restart")
-    assert count(store, message_headers) == total
+    wait_until(lambda: backlog(store) == {"done": 2 * total}, 120, "all work to complete after the restart")
+    assert count(store, message_headers) == count(store, referrals) == total
     worker.terminate()
     store.dispose()
 
@@ -153,8 +153,8 @@ def test_killed_broker_loses_its_queue_but_the_outbox_resends_it(
         worker = Worker(tmp_path, daemon.config)
         worker.start()
         store = Store(database_url)
-        wait_until(lambda: backlog(store) == {"done": total}, 120, "the outbox to resend the lost work")
-        assert count(store, message_headers) == total
+        wait_until(lambda: backlog(store) == {"done": 2 * total}, 120, "the outbox to resend the lost work")
+        assert count(store, message_headers) == count(store, referrals) == total
         worker.terminate()
         store.dispose()
     finally:

@@ -10,11 +10,15 @@ from dramatiq.worker import Worker
 from sqlalchemy import Connection, func, select
 
 from postkasse.clock import FixedClock
+from postkasse.config import DEFAULT_MUNICIPALITIES
 from postkasse.mailbox.headers import ParseHeaders
-from postkasse.pipeline import Next, Pipeline
+from postkasse.pipeline import Next, Pipeline, Step
+from postkasse.routing.municipalities import Municipalities
+from postkasse.routing.policy import AgeRange
+from postkasse.routing.step import RouteMessage, Router
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages
-from postkasse.store.schema import message_headers
+from postkasse.store.schema import message_headers, referrals
 from postkasse.tasks import Actors
 from postkasse.workers import redrive
 
@@ -24,6 +28,14 @@ RAW = (
     b"From: =?iso-8859-1?q?S=F8ren_L=E6ge?= <laege@klinik.example>\r\n"
     b"Subject: Henvisning vedr. barn\r\nDate: Sun, 25 Oct 2026 02:30:00 +0100\r\n\r\nHej\r\n"
 )
+
+
+def route_step() -> RouteMessage:
+    return RouteMessage(Router(Municipalities.load(DEFAULT_MUNICIPALITIES), AgeRange()))
+
+
+def pipeline(store: Store, clock: FixedClock, first: Step | None = None) -> Pipeline:
+    return Pipeline([first or ParseHeaders(), route_step()], store, clock, LEASE)
 
 
 def save(store: Store, raw: bytes = RAW) -> stored_messages.Stored:
@@ -45,25 +57,27 @@ def nothing(_: Sequence[Next]) -> None:
 
 def test_parse_step_reads_the_headers(store: Store) -> None:
     saved = save(store)
-    Pipeline([ParseHeaders()], store, FixedClock(T0), LEASE).run(saved.outbox_id, nothing)
+    follow: list[Next] = []
+    pipeline(store, FixedClock(T0)).run(saved.outbox_id, follow.extend)
     with store.read() as conn:
         row = conn.execute(select(message_headers)).one()
         assert row.from_header == "Søren Læge <laege@klinik.example>"
         assert row.subject == "Henvisning vedr. barn"
         assert row.content_type == "text/plain"
         assert row.parsed_at == T0
-        assert outbox.backlog(conn) == {"done": 1}
+        assert outbox.backlog(conn) == {"done": 1, "pending": 1}
+    assert [n.kind for n in follow] == ["route"]  # the next step, sent once committed
 
 
 def test_a_redelivered_message_changes_nothing(store: Store) -> None:
     saved = save(store)
-    pipeline = Pipeline([ParseHeaders()], store, FixedClock(T0), LEASE)
+    steps = pipeline(store, FixedClock(T0))
     for _ in range(3):
-        pipeline.run(saved.outbox_id, nothing)
+        steps.run(saved.outbox_id, nothing)
     assert headers_count(store) == 1
 
 
-class Flaky:
+class Flaky(ParseHeaders):
     name = "parse"
     max_attempts = 3
     min_backoff = timedelta(seconds=1)
@@ -73,7 +87,7 @@ class Flaky:
         self.failures = failures
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
-        ParseHeaders().run(conn, message_id, now)  # written, then rolled back by the failure
+        super().run(conn, message_id, now)  # written, then rolled back by the failure
         if self.failures:
             self.failures -= 1
             raise OSError("relay hiccup")
@@ -82,15 +96,15 @@ class Flaky:
 
 def test_a_failing_step_is_retried_and_rolled_back(store: Store) -> None:
     saved = save(store)
-    pipeline = Pipeline([Flaky(failures=1)], store, FixedClock(T0), LEASE)
+    steps = pipeline(store, FixedClock(T0), Flaky(failures=1))
     try:
-        pipeline.run(saved.outbox_id, nothing)
+        steps.run(saved.outbox_id, nothing)
     except OSError:
         pass
     else:
         raise AssertionError("the first attempt should ask for a retry")
     assert headers_count(store) == 0
-    pipeline.run(saved.outbox_id, nothing)
+    steps.run(saved.outbox_id, nothing)
     assert headers_count(store) == 1
     with store.read() as conn:
         assert outbox.backlog(conn) == {"done": 1}
@@ -98,23 +112,26 @@ def test_a_failing_step_is_retried_and_rolled_back(store: Store) -> None:
 
 def test_a_step_that_keeps_failing_ends_failed_not_lost(store: Store) -> None:
     saved = save(store)
-    pipeline = Pipeline([Flaky(failures=99)], store, FixedClock(T0), LEASE)
+    steps = pipeline(store, FixedClock(T0), Flaky(failures=99))
     raised = 0
+    follow: list[Next] = []
     for _ in range(Flaky.max_attempts):
         try:
-            pipeline.run(saved.outbox_id, nothing)
+            steps.run(saved.outbox_id, follow.extend)
         except OSError:
             raised += 1
     assert raised == Flaky.max_attempts - 1  # the last attempt records the failure instead of raising
     with store.read() as conn:
-        assert outbox.backlog(conn) == {"failed": 1}
-        assert "relay hiccup" in conn.execute(select(outbox.outbox.c.last_error)).scalar_one()
+        assert outbox.backlog(conn) == {"failed": 1, "pending": 1}
+        errors = conn.execute(select(outbox.outbox.c.last_error).where(outbox.outbox.c.state == "failed"))
+        assert "relay hiccup" in errors.scalar_one()
+    assert [n.kind for n in follow] == ["route"]  # headers unreadable: the message is still routed
 
 
 def test_redrive_resends_only_rows_whose_lease_ran_out(store: Store) -> None:
     clock = FixedClock(T0)
     broker = StubBroker()
-    actors = Actors(broker, Pipeline([ParseHeaders()], store, clock, LEASE))
+    actors = Actors(broker, pipeline(store, clock))
     saved = [save(store) for _ in range(3)]
     assert redrive(store, clock, LEASE, actors) == 0
     assert redrive(store, clock, LEASE, actors, everything=True, page=2) == 3  # at start: all pending
@@ -131,4 +148,5 @@ def test_redrive_resends_only_rows_whose_lease_ran_out(store: Store) -> None:
         worker.stop()
     assert headers_count(store) == len(saved)
     with store.read() as conn:
-        assert outbox.backlog(conn) == {"done": 3}
+        assert outbox.backlog(conn) == {"done": 6}  # parse and route for each
+        assert conn.execute(select(func.count()).select_from(referrals)).scalar() == 3

@@ -36,7 +36,11 @@ class ParseHeaders:
                 parsed_at=now,
             )
         )
-        return ()
+        return ("route",)
+
+    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+        """Headers that cannot be read are no reason not to route: routing reads the message itself."""
+        return ("route",)
 
 
 def _text(value: Any) -> str | None:

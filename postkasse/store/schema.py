@@ -108,3 +108,88 @@ message_headers = Table(
     Column("defects", Integer, nullable=False, comment="parser defects found in the headers"),
     Column("parsed_at", UTCDateTime, nullable=False),
 )
+
+# Reference data. Each kind is replaced whole by its importer, in one transaction.
+refdata_imports = Table(
+    "refdata_imports",
+    metadata,
+    Column("kind", String(16), primary_key=True, comment="postnord | roads | registry"),
+    Column("imported_at", UTCDateTime, nullable=False),
+    Column("source", Text, nullable=False, comment="the file name imported"),
+    Column("sha256", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+)
+
+postal_codes = Table(
+    "postal_codes",
+    metadata,
+    Column("postal_code", String(4), primary_key=True),
+    Column("municipality", String(4), primary_key=True),
+    Column("city", Text, nullable=False),
+)
+
+road_segments = Table(
+    "road_segments",
+    metadata,
+    Column("municipality", String(4), primary_key=True),
+    Column("road_code", String(4), primary_key=True),
+    Column("postal_code", String(4), primary_key=True),
+    Column("road_name", Text, nullable=False),
+    Column("road_key", Text, nullable=False, comment="normalised road name for lookups"),
+    Index(None, "postal_code", "road_key"),
+)
+
+registry_persons = Table(
+    "registry_persons",
+    metadata,
+    Column("cpr", String(10), primary_key=True),
+    Column("municipality", String(4), nullable=False),
+    Column("road_name", Text, nullable=True),
+    Column("house_number", String(8), nullable=True),
+    Column("postal_code", String(4), nullable=True),
+)
+
+REFERRAL_STATES = ("triage", "new", "pulled", "handled")
+OUTCOMES = ("forwarded", "returned", "joint_pathway", "closed")
+
+referrals = Table(
+    "referrals",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("municipality", String(4), nullable=True, comment="null while in triage"),
+    Column("state", String(16), nullable=False),
+    Column("triage_reason", String(32), nullable=True, comment="stable code, while or since in triage"),
+    Column("reasons", JSON, nullable=False, comment="routing reason codes"),
+    Column("explanation", JSON, nullable=False, comment="routing explanation, sentence by sentence"),
+    Column("flags", JSON, nullable=False),
+    Column("cpr", String(10), nullable=True),
+    Column("patient_name", Text, nullable=True),
+    Column("subject", Text, nullable=True),
+    Column("urgent", Boolean, nullable=False),
+    Column("outcome", String(16), nullable=True),
+    Column("outcome_detail", Text, nullable=True, comment="the unit forwarded to, or the reason returned"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("state IN ('triage', 'new', 'pulled', 'handled')", name="state"),
+    CheckConstraint(
+        "outcome IS NULL OR outcome IN ('forwarded', 'returned', 'joint_pathway', 'closed')", name="outcome"
+    ),
+    CheckConstraint("state = 'triage' OR municipality IS NOT NULL", name="routed_has_municipality"),
+    Index(None, "municipality", "state", "id"),
+    Index(None, "state", "id"),
+)
+
+referral_events = Table(
+    "referral_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", Text, nullable=False, comment="who: system, an operator or a committee token name"),
+    Column("action", String(32), nullable=False),
+    Column("from_state", String(16), nullable=True),
+    Column("to_state", String(16), nullable=True),
+    Column("detail", JSON, nullable=False),
+    Index(None, "referral_id", "id"),
+)

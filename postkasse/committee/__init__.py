@@ -1,0 +1,1 @@
+"""The committee queues: referrals per municipality, their states and decisions, and triage."""

@@ -1,0 +1,158 @@
+"""Facts from a plain mail: CPR, name, address and receiver in the forms clinicians write them.
+
+Handles "CPR: 010203-1234", "cpr-nr 0102031234", "Adresse: Skolevej 12, 8382 Hinnerup", an address over
+two lines, "Navn: ..." and "Kommune: 0710". A text that is not labelled and has no dash counts as a CPR
+only when its first six digits are a date, so order and phone numbers are not mistaken for one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from html import unescape
+
+from stdnum.dk import cpr as stdnum_cpr
+from stdnum.exceptions import ValidationError
+
+from postkasse.routing.facts import Address, Extractor, Facts
+
+_CPR_LABEL = r"(?:cpr(?:[\s.-]*(?:nr|nummer))?\.?|personnummer|personnr\.?)"
+LABELLED_CPR = re.compile(rf"{_CPR_LABEL}\s*[:.]?\s*(\d{{6}}\s?-?\s?[0-9A-Za-z]{{4}})(?![0-9A-Za-z])", re.I)
+DASHED_CPR = re.compile(r"(?<![\dA-Za-z-])(\d{6}-[0-9A-Z]{4})(?![\dA-Za-z])")
+BARE_CPR = re.compile(r"(?<![\d+-])(\d{10})(?![\d])")
+
+_STREET = r"(?P<street>[A-Za-zÆØÅæøåÉéÜüÖöÄä][\w .'-]*?)\s+(?P<number>\d+\s?[A-Za-z]?)\b[^\n,]*"
+_POSTAL = r"(?P<postal>\d{4})\s+(?P<city>[A-Za-zÆØÅæøå][^\n,]*)"
+ADDRESS_ONE_LINE = re.compile(rf"^[ \t]*(?:adresse|bopæl|adr\.)\s*:?\s*{_STREET},\s*{_POSTAL}", re.I | re.M)
+ADDRESS_TWO_LINES = re.compile(
+    rf"^[ \t]*(?:(?:adresse|bopæl|adr\.)\s*:?\s*)?{_STREET}[ \t]*,?[ \t]*\r?\n[ \t]*{_POSTAL}", re.I | re.M
+)
+POSTAL_LABEL = re.compile(r"^[ \t]*post(?:nr|nummer)\.?\s*:?\s*(?P<postal>\d{4})\b", re.I | re.M)
+NAME = re.compile(
+    r"^[ \t]*(?:navn|barnets navn|patient|patientens navn)\s*:\s*(?P<name>[^\n\r]+?)\s*$", re.I | re.M
+)
+RECEIVER = re.compile(
+    r"^[ \t]*(?:kommune|kommunekode|kommunenr\.?|modtager)\s*:\s*(?P<who>[^\n\r]+?)\s*$", re.I | re.M
+)
+URGENT = re.compile(r"\b(?:akut|haster|urgent)\b", re.I)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _normalise_cpr(text: str) -> str:
+    return re.sub(r"[\s-]", "", text).upper()
+
+
+def _is_date(ten: str) -> bool:
+    try:
+        stdnum_cpr.get_birth_date(ten)
+    except ValidationError:
+        return False
+    return True
+
+
+def find_cprs(text: str) -> tuple[str, ...]:
+    """Distinct CPR candidates in order of appearance, as ten characters without the dash."""
+    found: dict[str, None] = {}
+    for match in LABELLED_CPR.finditer(text):
+        found[_normalise_cpr(match.group(1))] = None
+    for match in DASHED_CPR.finditer(text):
+        found[_normalise_cpr(match.group(1))] = None
+    for match in BARE_CPR.finditer(text):
+        if _is_date(match.group(1)):
+            found[match.group(1)] = None
+    return tuple(found)
+
+
+def find_address(text: str) -> Address | None:
+    match = ADDRESS_ONE_LINE.search(text) or ADDRESS_TWO_LINES.search(text)
+    if match:
+        number = re.sub(r"\s", "", match.group("number")).upper()
+        return Address(match.group("street").strip(), number, match.group("postal"))
+    postal = POSTAL_LABEL.search(text)
+    return Address(None, None, postal.group("postal")) if postal else None
+
+
+def find_receiver(text: str, names: dict[str, str] | None = None) -> str | None:
+    """A four-digit municipality code named by the sender, by code or by name."""
+    match = RECEIVER.search(text)
+    if not match:
+        return None
+    who = match.group("who").strip()
+    code = re.match(r"^(\d{3,4})\b", who)
+    if code:
+        return code.group(1).zfill(4)
+    if names:
+        key = normalise_name(who)
+        return names.get(key)
+    return None
+
+
+def normalise_name(name: str) -> str:
+    """A municipality or road name as a lookup key: lower case, single spaces, no 'kommune', no dots."""
+    name = name.lower().replace(".", " ").replace("-", " ")
+    name = re.sub(r"\bkommune\b", " ", name)
+    return " ".join(name.split())
+
+
+def text_of(message: EmailMessage) -> str:
+    """The readable text of a mail: the plain part, or the HTML part without its tags."""
+    body = message.get_body(preferencelist=("plain", "html"))
+    if body is None:
+        return ""
+    payload = body.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    content = _decode(payload, body.get_content_charset() or "us-ascii").replace("\r\n", "\n")
+    if body.get_content_type() == "text/html":
+        content = unescape(_TAG.sub(" ", re.sub(r"(?i)<br\s*/?>|</p>|</div>", "\n", content)))
+    return content
+
+
+def _decode(payload: bytes, charset: str) -> str:
+    """Text in its declared charset; undeclared 8-bit text is tried as UTF-8, then Windows-1252."""
+    for candidate in (charset, "utf-8", "windows-1252"):
+        try:
+            return payload.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return payload.decode("latin-1")
+
+
+class MailExtractor:
+    """The fallback extractor: any RFC 5322 mail, read from its subject and text body."""
+
+    name = "mail"
+
+    def __init__(self, municipality_names: dict[str, str] | None = None) -> None:
+        self.municipality_names = municipality_names or {}
+
+    def accepts(self, raw: bytes) -> bool:
+        return True
+
+    def extract(self, raw: bytes) -> Facts:
+        message = BytesParser(policy=policy.default).parsebytes(raw)
+        assert isinstance(message, EmailMessage)
+        subject = str(message.get("Subject", "") or "")
+        body = text_of(message)
+        text = f"{subject}\n{body}"
+        name = NAME.search(body)
+        return Facts(
+            cprs=find_cprs(text),
+            name=name.group("name") if name else None,
+            address=find_address(body),
+            receiver_municipality=find_receiver(body, self.municipality_names),
+            subject=subject or None,
+            urgent=bool(URGENT.search(subject)) or message.get("Priority", "").lower() == "urgent",
+            source=self.name,
+        )
+
+
+def extract(raw: bytes, extractors: Sequence[Extractor]) -> Facts:
+    """Facts from the first extractor that accepts the message."""
+    for extractor in extractors:
+        if extractor.accepts(raw):
+            return extractor.extract(raw)
+    raise LookupError("no extractor accepts this message")

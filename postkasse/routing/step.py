@@ -1,0 +1,159 @@
+"""The `route` step: read the stored message, decide where it goes, and create its referral.
+
+Idempotent: a message that already has a referral is left alone, and a message whose Message-ID and
+sender match an earlier one is recorded as a duplicate on the first referral, never shown twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, select
+
+from postkasse.clock import danish_date
+from postkasse.committee import referrals
+from postkasse.config import Settings
+from postkasse.routing.extract import MailExtractor, extract
+from postkasse.routing.facts import Extractor, Facts
+from postkasse.routing.municipalities import Municipalities
+from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Decision, decide
+from postkasse.routing.refdata import Geography, imports
+from postkasse.routing.registry import LocalRegistry, Registry
+from postkasse.store.schema import messages
+from postkasse.store.schema import referrals as referrals_table
+
+
+class StoreLookups:
+    """The policy's lookups against the store: municipalities from configuration, the rest imported."""
+
+    def __init__(self, municipalities: Municipalities, geography: Geography, registry: Registry) -> None:
+        self.municipalities = municipalities
+        self.geography = geography
+        self.registry = registry
+
+    def registry_municipality(self, cpr: str) -> str | None:
+        return self.registry.municipality_of(cpr)
+
+    def postal_municipalities(self, postal_code: str) -> frozenset[str]:
+        return self.geography.postal_municipalities(postal_code)
+
+    def street_municipalities(self, street: str, postal_code: str) -> frozenset[str]:
+        return self.geography.street_municipalities(street, postal_code)
+
+
+class GeographyCache:
+    """The in-memory geography, loaded again whenever postal codes or roads were imported anew."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.version: object = None
+        self.geography = Geography({}, {})
+
+    def get(self, conn: Connection) -> Geography:
+        current = imports(conn)
+        version = (current.get("postnord"), current.get("roads"))
+        with self.lock:
+            if version != self.version:
+                self.geography = Geography.load(conn)
+                self.version = version
+            return self.geography
+
+
+class Router:
+    """Facts to decision for one stored message; used by the step and by `postkasse route --explain`."""
+
+    def __init__(self, municipalities: Municipalities, ages: AgeRange) -> None:
+        self.municipalities = municipalities
+        self.ages = ages
+        self.extractors: list[Extractor] = [MailExtractor(municipalities.by_name)]
+        self.geography = GeographyCache()
+
+    def lookups(self, conn: Connection) -> StoreLookups:
+        return StoreLookups(self.municipalities, self.geography.get(conn), LocalRegistry(conn))
+
+    def decide(self, conn: Connection, raw: bytes, received_at: datetime) -> tuple[Decision, Facts]:
+        facts = extract(raw, self.extractors)
+        return decide(facts, self.lookups(conn), danish_date(received_at), self.ages), facts
+
+
+class RouteMessage:
+    name = "route"
+    max_attempts = 5
+    min_backoff = timedelta(seconds=2)
+    max_backoff = timedelta(minutes=2)
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RouteMessage:
+        municipalities = Municipalities.load(settings.routing.municipalities_file)
+        return cls(Router(municipalities, AgeRange(settings.routing.min_age, settings.routing.max_age)))
+
+    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+        if referrals.for_message(conn, message_id) is not None:
+            return ()
+        message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        first = self._earlier_copy(conn, message)
+        if first is not None:
+            referrals.note_duplicate(conn, first, message_id, now)
+            return ()
+        decision, facts = self.router.decide(conn, message.raw, message.received_at)
+        referrals.create(
+            conn,
+            referrals.NewReferral(
+                message_id=message_id,
+                municipality=decision.municipality,
+                triage_reason=decision.triage_reason,
+                reasons=decision.reasons,
+                explanation=decision.explanation,
+                flags=decision.flags,
+                cpr=decision.cpr,
+                patient_name=facts.name,
+                subject=facts.subject,
+                urgent=facts.urgent,
+            ),
+            now,
+        )
+        return ()
+
+    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+        if referrals.for_message(conn, message_id) is None:
+            referrals.create(
+                conn,
+                referrals.NewReferral(
+                    message_id,
+                    None,
+                    ROUTING_FAILED,
+                    (ROUTING_FAILED,),
+                    (TRIAGE_TEXT[ROUTING_FAILED],),
+                    (),
+                    None,
+                    None,
+                    None,
+                    False,
+                ),
+                now,
+            )
+        return ()
+
+    @staticmethod
+    def _earlier_copy(conn: Connection, message: object) -> int | None:
+        """The referral of an earlier message with the same Message-ID from the same sender."""
+        message_id_header = getattr(message, "message_id", None)
+        if not message_id_header:
+            return None
+        referral_id: int | None = conn.execute(
+            select(referrals_table.c.id)
+            .join(messages, messages.c.id == referrals_table.c.message_id)
+            .where(
+                messages.c.message_id == message_id_header,
+                messages.c.mail_from == getattr(message, "mail_from", None),
+                messages.c.id < getattr(message, "id", 0),
+            )
+            .order_by(messages.c.id)
+            .limit(1)
+        ).scalar_one_or_none()
+        return referral_id

@@ -1,0 +1,143 @@
+"""Referral states and events: triage, assign, pull, decide, each change an event; routing never loses one."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection
+
+from postkasse import cli
+from postkasse.clock import FixedClock
+from postkasse.committee import referrals
+from postkasse.committee.referrals import NewReferral, TransitionError
+from postkasse.pipeline import Next, Pipeline
+from postkasse.routing.policy import ROUTING_FAILED
+from postkasse.store import Received, Store, outbox
+from postkasse.store import messages as stored_messages
+from tests.test_pipeline import route_step
+
+T0 = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)  # New Year's Eve, already 1 January in Denmark
+
+
+def message(store: Store, raw: bytes = b"Subject: x\r\n\r\nHej\r\n") -> int:
+    item = Received("smtp", "laege@klinik.example", ("postkasse@localhost",), "127.0.0.1:1", False, T0, raw)
+    with store.write() as conn:
+        (saved,) = stored_messages.save(conn, [item], "route", T0)
+    return saved.message_id
+
+
+def triaged(conn: Connection, message_id: int) -> int:
+    return referrals.create(
+        conn,
+        NewReferral(
+            message_id, None, "no_cpr", ("no_cpr",), ("Intet CPR.",), (), None, None, "Henvisning", False
+        ),
+        T0,
+    )
+
+
+def test_triage_assign_pull_decide_with_an_event_for_each(store: Store) -> None:
+    message_id = message(store)
+    with store.write() as conn:
+        referral_id = triaged(conn, message_id)
+        referrals.assign(conn, referral_id, "0710", "Barnet bor i Hinnerup ifølge skolen", T0, "ops:anne")
+        referrals.pull(conn, referral_id, T0 + timedelta(hours=1), "favrskov-sag")
+        referrals.decide(
+            conn,
+            referral_id,
+            "forwarded",
+            "PPR Favrskov",
+            "Sendt videre",
+            T0 + timedelta(days=2),
+            "favrskov-sag",
+        )
+    with store.read() as conn:
+        referral = referrals.for_message(conn, message_id)
+        history = [(e.action, e.from_state, e.to_state, e.actor) for e in referrals.events(conn, referral_id)]
+    assert (referral.state, referral.municipality, referral.outcome, referral.outcome_detail) == (
+        "handled",
+        "0710",
+        "forwarded",
+        "PPR Favrskov",
+    )
+    assert history == [
+        ("triaged", None, "triage", "system"),
+        ("assign", "triage", "new", "ops:anne"),
+        ("pull", "new", "pulled", "favrskov-sag"),
+        ("decide", "pulled", "handled", "favrskov-sag"),
+    ]
+
+
+def test_changes_out_of_order_are_refused(store: Store) -> None:
+    message_id = message(store)
+    with store.write() as conn:
+        referral_id = triaged(conn, message_id)
+    for change in (
+        lambda c: referrals.pull(c, referral_id, T0, "x"),
+        lambda c: referrals.decide(c, referral_id, "closed", None, None, T0, "x"),
+    ):
+        with pytest.raises(TransitionError, match="is triage"), store.write() as conn:
+            change(conn)
+    with pytest.raises(ValueError, match="needs a note"), store.write() as conn:
+        referrals.assign(conn, referral_id, "0710", "  ", T0, "ops")
+    with pytest.raises(LookupError), store.write() as conn:
+        referrals.pull(conn, 999_999, T0, "x")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "detail", "error"),
+    [
+        ("forwarded", None, "needs the unit"),
+        ("returned", "", "needs the reason"),
+        ("maybe", None, "unknown outcome"),
+    ],
+)
+def test_decisions_need_their_detail(store: Store, outcome: str, detail: str | None, error: str) -> None:
+    message_id = message(store)
+    with store.write() as conn:
+        referral_id = triaged(conn, message_id)
+        referrals.assign(conn, referral_id, "0710", "note", T0, "ops")
+        referrals.pull(conn, referral_id, T0, "x")
+    with pytest.raises(ValueError, match=error), store.write() as conn:
+        referrals.decide(conn, referral_id, outcome, detail, None, T0, "x")
+
+
+def test_routing_that_keeps_failing_ends_in_triage(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    message_id = message(store)
+    step = route_step()
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("registry timed out")
+
+    monkeypatch.setattr(step.router, "decide", broken)
+    pipeline = Pipeline([step], store, FixedClock(T0), timedelta(minutes=5))
+    with store.read() as conn:
+        (work,) = outbox.due(conn, None, 10)
+    sent: list[Next] = []
+    for _ in range(step.max_attempts - 1):
+        with pytest.raises(RuntimeError):
+            pipeline.run(work.id, sent.extend)
+    pipeline.run(work.id, sent.extend)
+    with store.read() as conn:
+        referral = referrals.for_message(conn, message_id)
+        assert outbox.backlog(conn) == {"failed": 1}
+    assert (referral.state, referral.triage_reason) == ("triage", ROUTING_FAILED)
+
+
+def test_route_explain_json_for_scripts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSTKASSE_DATABASE__URL", f"sqlite:///{tmp_path / 'pk.db'}")
+    eml = tmp_path / "henvisning.eml"
+    eml.write_bytes(b"Subject: Henvisning\r\n\r\nCPR: 020317-4222\r\nPostnr: 4100\r\n")
+    assert cli.main(["route", "--explain", str(eml), "--json", "--on", "2026-11-23"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"] == "triage"
+    assert result["municipality"] is None
+    assert result["reasons"] == ["unknown_postal_code"]  # no postal codes imported into this store
+    assert result["flags"] == []
+    assert cli.main(["route", "--explain", str(eml)]) == 0
+    assert "Beslutning: triage (unknown_postal_code)" in capsys.readouterr().out
