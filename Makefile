@@ -18,9 +18,14 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-run: $(VENV)/.installed
-	mkdir -p var
+run: $(VENV)/.installed var/.demo-registry
 	$(BIN)/postkasse --config $(CONFIG) serve
+
+# Invented persons, so a fresh checkout routes mail out of the box; imported once.
+var/.demo-registry: config/demo-registry.csv | $(VENV)/.installed
+	mkdir -p var
+	$(BIN)/postkasse --config $(CONFIG) refdata import registry config/demo-registry.csv
+	touch $@
 
 services:
 	bash deploy/dev/ensure-services.sh

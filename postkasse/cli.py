@@ -1,4 +1,4 @@
-"""The `postkasse` command: serve | worker | migrate | check-config | refdata | route."""
+"""The `postkasse` command: serve | worker | migrate | check-config | refdata | route | triage."""
 
 from __future__ import annotations
 
@@ -112,6 +112,44 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triage_list(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.committee.triage import waiting
+    from postkasse.store import Store
+
+    store = Store(settings.database.url)
+    with store.read() as conn:
+        items = waiting(conn)
+    if args.json:
+        print(json.dumps([item.as_json() for item in items], ensure_ascii=False))
+        return 0
+    for item in items:
+        print(f"{item.referral_id}\t{item.received_at:%Y-%m-%d %H:%M}\t{item.reason}\t{item.sentence}")
+    print(f"{len(items)} in triage", file=sys.stderr)
+    return 0
+
+
+def cmd_triage_assign(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.clock import SystemClock
+    from postkasse.committee.referrals import TransitionError, assign
+    from postkasse.routing.municipalities import Municipalities
+    from postkasse.store import Store
+
+    if Municipalities.load(settings.routing.municipalities_file).get(args.municipality) is None:
+        print(f"postkasse triage assign: {args.municipality} is not a municipality code", file=sys.stderr)
+        return 2
+    store = Store(settings.database.url)
+    try:
+        with store.write() as conn:
+            assign(
+                conn, args.referral, args.municipality, args.note, SystemClock().now(), f"ops:{args.operator}"
+            )
+    except (TransitionError, LookupError, ValueError) as exc:
+        print(f"postkasse triage assign: {exc}", file=sys.stderr)
+        return 1
+    print(f"referral {args.referral} is now in {args.municipality}'s queue")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="postkasse", description=__doc__)
     top.add_argument(
@@ -139,6 +177,21 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("--json", action="store_true", help="one JSON object for scripts")
     route.add_argument("--on", metavar="YYYY-MM-DD", help="decide as on this day (ages); default today")
     route.set_defaults(func=cmd_route)
+
+    triage = sub.add_parser("triage", help="messages that could not be routed").add_subparsers(
+        dest="action", required=True
+    )
+    listing = triage.add_parser("list", help="what waits in triage, oldest first, with the reason")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_triage_list)
+    assigning = triage.add_parser("assign", help="send a triaged referral to a municipality's queue")
+    assigning.add_argument("referral", type=int)
+    assigning.add_argument("--municipality", required=True, metavar="CODE")
+    assigning.add_argument("--note", required=True, help="why this municipality")
+    assigning.add_argument(
+        "--operator", required=True, help="who decides (recorded in the referral's events)"
+    )
+    assigning.set_defaults(func=cmd_triage_assign)
     return top
 
 

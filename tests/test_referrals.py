@@ -17,6 +17,7 @@ from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.policy import ROUTING_FAILED
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages
+from postkasse.store.migrate import upgrade
 from tests.test_pipeline import route_step
 
 T0 = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)  # New Year's Eve, already 1 January in Denmark
@@ -141,3 +142,62 @@ def test_route_explain_json_for_scripts(
     assert result["flags"] == []
     assert cli.main(["route", "--explain", str(eml)]) == 0
     assert "Beslutning: triage (unknown_postal_code)" in capsys.readouterr().out
+
+
+def test_operator_lists_triage_and_assigns_from_the_shell(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'pk.db'}"
+    monkeypatch.setenv("POSTKASSE_DATABASE__URL", url)
+    store = Store(url)
+    upgrade(store)
+    message_id = message(store, b"Subject: Barn 010215-4123\r\n\r\nHej\r\n")
+    with store.write() as conn:
+        referral_id = triaged(conn, message_id)
+
+    assert cli.main(["triage", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["id"], listed["reason"], listed["text"]) == (referral_id, "no_cpr", "Intet CPR.")
+    assert "010215" not in json.dumps(listed)  # the reason, never the contents
+
+    assert (
+        cli.main(
+            [
+                "triage",
+                "assign",
+                str(referral_id),
+                "--municipality",
+                "9999",
+                "--note",
+                "x",
+                "--operator",
+                "anne",
+            ]
+        )
+        == 2
+    )
+    assert (
+        cli.main(
+            [
+                "triage",
+                "assign",
+                str(referral_id),
+                "--municipality",
+                "0710",
+                "--note",
+                "Skolen oplyser Hinnerup",
+                "--operator",
+                "anne",
+            ]
+        )
+        == 0
+    )
+    assert "now in 0710's queue" in capsys.readouterr().out
+    with store.read() as conn:
+        referral = referrals.for_message(conn, message_id)
+        last = referrals.events(conn, referral_id)[-1]
+    assert (referral.state, referral.municipality) == ("new", "0710")
+    assert (last.actor, last.detail["note"]) == ("ops:anne", "Skolen oplyser Hinnerup")
+    assert cli.main(["triage", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    store.dispose()

@@ -1,0 +1,57 @@
+"""The triage queue: referrals no rule could route, oldest first, each with its reason in words.
+
+Operators see why a message waits, not what it says: no subject, name or CPR here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from postkasse.routing.policy import TRIAGE_TEXT
+from postkasse.store.schema import messages, referrals
+
+
+@dataclass(frozen=True)
+class Triaged:
+    referral_id: int
+    received_at: datetime
+    reason: str
+    sentence: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.referral_id,
+            "received_at": self.received_at.isoformat(),
+            "reason": self.reason,
+            "text": self.sentence,
+        }
+
+
+def waiting(conn: Connection, limit: int = 1000) -> list[Triaged]:
+    rows = conn.execute(
+        select(
+            referrals.c.id,
+            messages.c.received_at,
+            referrals.c.triage_reason,
+            referrals.c.explanation,
+        )
+        .join(messages, messages.c.id == referrals.c.message_id)
+        .where(referrals.c.state == "triage")
+        .order_by(referrals.c.id)
+        .limit(limit)
+    ).all()
+    return [
+        Triaged(r.id, r.received_at, r.triage_reason or "", _sentence(r.triage_reason, r.explanation))
+        for r in rows
+    ]
+
+
+def _sentence(reason: str | None, explanation: list[str]) -> str:
+    """The sentence that gave the triage reason, else the standard one."""
+    standard = TRIAGE_TEXT.get(reason or "", "")
+    lines = [line for line in explanation if not line.startswith("Afgørelse")]
+    return lines[-1] if lines else standard
