@@ -24,7 +24,7 @@ def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
-    from postkasse import pipeline
+    from postkasse import steps
     from postkasse.clock import SystemClock
     from postkasse.store import Store
     from postkasse.tasks import Actors
@@ -39,7 +39,7 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
         return 2
     store = Store(settings.database.url)
     broker = make_broker(settings)
-    Actors(broker, pipeline.build(settings, store, SystemClock()))
+    Actors(broker, steps.build(settings, store, SystemClock()))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import uvicorn
 
-from postkasse import logs, pipeline
+from postkasse import logs, steps
 from postkasse.clock import Clock, SystemClock
 from postkasse.config import Settings
 from postkasse.mailbox.committer import GroupCommitter
@@ -40,7 +40,7 @@ class Daemon:
         self.store = Store(settings.database.url)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
         self.broker = make_broker(settings)
-        self.actors = Actors(self.broker, pipeline.build(settings, self.store, self.clock))
+        self.actors = Actors(self.broker, steps.build(settings, self.store, self.clock))
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
@@ -59,7 +59,7 @@ class Daemon:
         )
         redriver.start()
 
-        committer = GroupCommitter(self.store, pipeline.FIRST_STEP, self.lease, self._dispatch_stored)
+        committer = GroupCommitter(self.store, steps.FIRST_STEP, self.lease, self._dispatch_stored)
         committer.start()
         smtp = SmtpServer(
             self.settings.smtp, MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock)

@@ -1,8 +1,11 @@
-"""The named steps a stored message goes through, and the one way any of them is run.
+"""The named steps stored work goes through, and the one way any of them is run.
 
 A step runs inside one write transaction together with marking its outbox row done, so a broker that
-delivers twice changes nothing the second time. A step may name the steps that follow; their outbox
-rows are written in the same transaction and sent to the broker after the commit.
+delivers twice changes nothing the second time. A step names the work that follows, as (kind, target)
+pairs; those outbox rows are written in the same transaction and sent to the broker after the commit.
+
+A `Delivery` step talks to the world outside the database (an SMTP relay). It must not hold a write
+transaction while it waits on the network, so it gets the store and manages its own short transactions.
 """
 
 from __future__ import annotations
@@ -10,34 +13,42 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Connection
 
 from postkasse import logs, metrics
 from postkasse.clock import Clock
-from postkasse.config import Settings
-from postkasse.mailbox.headers import ParseHeaders
-from postkasse.routing.step import RouteMessage
 from postkasse.store import Store, outbox
 
 log = logs.get(__name__)
 
+Follow = tuple[str, int]  # (step kind, target id)
+
 
 class Step(Protocol):
-    """One job on one stored message."""
+    """One job on one target, inside the pipeline's transaction."""
 
     name: str
     max_attempts: int
     min_backoff: timedelta
     max_backoff: timedelta
 
-    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
-        """Do the job; return the names of the steps to run next."""
+    def run(self, conn: Connection, target_id: int, now: datetime) -> Sequence[Follow]:
+        """Do the job; return the work that follows."""
         ...
 
-    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
-        """The last attempt failed: leave the message where a person sees it; return the steps to run next."""
+    def give_up(self, conn: Connection, target_id: int, now: datetime) -> Sequence[Follow]:
+        """The last attempt failed: leave the target where a person sees it; return the work that follows."""
+        ...
+
+
+@runtime_checkable
+class Delivery(Step, Protocol):
+    """A step whose job is outside the database; `run` and `give_up` are still transactional."""
+
+    def deliver(self, store: Store, target_id: int, now: datetime) -> None:
+        """Do the outside job, claiming and recording it in the store in short transactions of its own."""
         ...
 
 
@@ -59,27 +70,40 @@ class Pipeline:
         self.clock = clock
         self.lease = lease
 
+    def add(self, conn: Connection, follow: Sequence[Follow], now: datetime) -> list[Next]:
+        """Write outbox rows for `follow` inside the caller's transaction; dispatch them after the commit."""
+        return [Next(outbox.add(conn, kind, target, now, now + self.lease), kind) for kind, target in follow]
+
     def run(self, outbox_id: int, dispatch: Dispatch) -> None:
         """Run the outbox row's step once, if it is still pending. Raises to ask for a retry."""
         now = self.clock.now()
         try:
-            with self.store.write() as conn:
-                work = outbox.claim(conn, outbox_id)
-                if work is None:
-                    return
-                step = self.steps[work.kind]
-                follow = [
-                    Next(outbox.add(conn, kind, work.message_id, now, now + self.lease), kind)
-                    for kind in step.run(conn, work.message_id, now)
-                ]
-                outbox.finish(conn, outbox_id, now)
+            follow = self._run(outbox_id, now)
         except Exception as exc:
             if not self._failed(outbox_id, exc, dispatch):
                 raise
             return
-        metrics.OUTBOX_DONE.labels(work.kind).inc()
+        if follow is None:
+            return
         if follow:
             dispatch(follow)
+
+    def _run(self, outbox_id: int, now: datetime) -> list[Next] | None:
+        with self.store.read() as conn:
+            work = outbox.claim(conn, outbox_id)
+        if work is None:
+            return None
+        step = self.steps[work.kind]
+        if isinstance(step, Delivery):
+            step.deliver(self.store, work.target_id, now)
+        with self.store.write() as conn:
+            work = outbox.claim(conn, outbox_id)
+            if work is None:
+                return None
+            follow = self.add(conn, step.run(conn, work.target_id, now), now)
+            outbox.finish(conn, outbox_id, now)
+        metrics.OUTBOX_DONE.labels(work.kind).inc()
+        return follow
 
     def _failed(self, outbox_id: int, exc: Exception, dispatch: Dispatch) -> bool:
         """Count the failed attempt; True when it was the last and the row is now `failed`."""
@@ -93,10 +117,7 @@ class Pipeline:
             step = self.steps[work.kind]
             gave_up = outbox.record_failure(conn, outbox_id, now, error, now + self.lease, step.max_attempts)
             if gave_up:
-                follow = [
-                    Next(outbox.add(conn, kind, work.message_id, now, now + self.lease), kind)
-                    for kind in step.give_up(conn, work.message_id, now)
-                ]
+                follow = self.add(conn, step.give_up(conn, work.target_id, now), now)
         metrics.OUTBOX_ERRORS.labels(work.kind).inc()
         if gave_up:
             metrics.OUTBOX_FAILED.labels(work.kind).inc()
@@ -112,12 +133,3 @@ class Pipeline:
                 attempt=work.attempts + 1,
             )
         return gave_up
-
-
-def build(settings: Settings, store: Store, clock: Clock) -> Pipeline:
-    """The pipeline every stored message goes through, in order of its first step."""
-    steps: list[Step] = [ParseHeaders(), RouteMessage.from_settings(settings)]
-    return Pipeline(steps, store, clock, timedelta(seconds=settings.outbox.lease_seconds))
-
-
-FIRST_STEP = ParseHeaders.name

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, func, select
 from postkasse.clock import FixedClock
 from postkasse.config import DEFAULT_MUNICIPALITIES
 from postkasse.mailbox.headers import ParseHeaders
-from postkasse.pipeline import Next, Pipeline, Step
+from postkasse.pipeline import Follow, Next, Pipeline, Step
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import AgeRange
 from postkasse.routing.step import RouteMessage, Router
@@ -86,7 +86,7 @@ class Flaky(ParseHeaders):
     def __init__(self, failures: int) -> None:
         self.failures = failures
 
-    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         super().run(conn, message_id, now)  # written, then rolled back by the failure
         if self.failures:
             self.failures -= 1

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert
 
+from postkasse.pipeline import Follow
 from postkasse.store.messages import raw_of
 from postkasse.store.schema import message_headers
 
@@ -23,7 +24,7 @@ class ParseHeaders:
     min_backoff = timedelta(seconds=1)
     max_backoff = timedelta(minutes=5)
 
-    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         headers = _PARSER.parsebytes(raw_of(conn, message_id))
         conn.execute(
             insert(message_headers).values(
@@ -36,11 +37,11 @@ class ParseHeaders:
                 parsed_at=now,
             )
         )
-        return ("route",)
+        return [("route", message_id)]
 
-    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         """Headers that cannot be read are no reason not to route: routing reads the message itself."""
-        return ("route",)
+        return [("route", message_id)]
 
 
 def _text(value: Any) -> str | None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, select
 
 from postkasse.clock import danish_date
+from postkasse.pipeline import Follow
 from postkasse.committee import referrals
 from postkasse.config import Settings
 from postkasse.routing.extract import MailExtractor, extract
@@ -92,7 +93,7 @@ class RouteMessage:
         municipalities = Municipalities.load(settings.routing.municipalities_file)
         return cls(Router(municipalities, AgeRange(settings.routing.min_age, settings.routing.max_age)))
 
-    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+    def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if referrals.for_message(conn, message_id) is not None:
             return ()
         message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
@@ -119,7 +120,7 @@ class RouteMessage:
         )
         return ()
 
-    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[str]:
+    def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if referrals.for_message(conn, message_id) is None:
             referrals.create(
                 conn,

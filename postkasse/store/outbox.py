@@ -18,16 +18,16 @@ from postkasse.store.schema import outbox
 class Work:
     id: int
     kind: str
-    message_id: int
+    target_id: int  # what the step works on: a message, an outgoing mail, ...
     attempts: int
 
 
-def add(conn: Connection, kind: str, message_id: int, now: datetime, lease_until: datetime) -> int:
+def add(conn: Connection, kind: str, target_id: int, now: datetime, lease_until: datetime) -> int:
     outbox_id: int = conn.execute(
         insert(outbox)
         .values(
             kind=kind,
-            message_id=message_id,
+            target_id=target_id,
             state="pending",
             attempts=0,
             created_at=now,
@@ -40,13 +40,13 @@ def add(conn: Connection, kind: str, message_id: int, now: datetime, lease_until
 
 def claim(conn: Connection, outbox_id: int) -> Work | None:
     """The row if it still needs doing, locked for this transaction; None if done or failed."""
-    query = select(outbox.c.id, outbox.c.kind, outbox.c.message_id, outbox.c.attempts).where(
+    query = select(outbox.c.id, outbox.c.kind, outbox.c.target_id, outbox.c.attempts).where(
         outbox.c.id == outbox_id, outbox.c.state == "pending"
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     row = conn.execute(query).one_or_none()
-    return Work(row.id, row.kind, row.message_id, row.attempts) if row else None
+    return Work(row.id, row.kind, row.target_id, row.attempts) if row else None
 
 
 def finish(conn: Connection, outbox_id: int, now: datetime) -> None:
@@ -77,13 +77,13 @@ def record_failure(
 
 def due(conn: Connection, now: datetime | None, limit: int, after_id: int = 0) -> list[Work]:
     """Pending rows whose lease ran out by `now` (all pending rows if None), in id order after `after_id`."""
-    query = select(outbox.c.id, outbox.c.kind, outbox.c.message_id, outbox.c.attempts).where(
+    query = select(outbox.c.id, outbox.c.kind, outbox.c.target_id, outbox.c.attempts).where(
         outbox.c.state == "pending", outbox.c.id > after_id
     )
     if now is not None:
         query = query.where(outbox.c.next_attempt_at <= now)
     rows = conn.execute(query.order_by(outbox.c.id).limit(limit)).all()
-    return [Work(r.id, r.kind, r.message_id, r.attempts) for r in rows]
+    return [Work(r.id, r.kind, r.target_id, r.attempts) for r in rows]
 
 
 def extend_lease(conn: Connection, ids: list[int], until: datetime) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
@@ -85,7 +86,7 @@ outbox = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("kind", String(32), nullable=False, comment="the pipeline step to run"),
-    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("target_id", Id, nullable=False, comment="what the step works on, by the step's kind"),
     Column("state", String(16), nullable=False, server_default="pending"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", UTCDateTime, nullable=False, comment="when the redriver may send it again"),
@@ -94,7 +95,7 @@ outbox = Table(
     Column("last_error", Text, nullable=True),
     CheckConstraint("state IN ('pending', 'done', 'failed')", name="state"),
     Index(None, "state", "next_attempt_at"),
-    Index(None, "message_id"),
+    Index(None, "kind", "target_id"),
 )
 
 message_headers = Table(
@@ -167,6 +168,7 @@ referrals = Table(
     Column("patient_name", Text, nullable=True),
     Column("subject", Text, nullable=True),
     Column("urgent", Boolean, nullable=False),
+    Column("unread_reply", Boolean, nullable=False, server_default=false()),
     Column("outcome", String(16), nullable=True),
     Column("outcome_detail", Text, nullable=True, comment="the unit forwarded to, or the reason returned"),
     Column("created_at", UTCDateTime, nullable=False),
@@ -191,5 +193,74 @@ referral_events = Table(
     Column("from_state", String(16), nullable=True),
     Column("to_state", String(16), nullable=True),
     Column("detail", JSON, nullable=False),
+    Index(None, "referral_id", "id"),
+)
+
+TOKEN_SCOPES = ("committee", "ops", "sender")
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("scope", String(16), nullable=False),
+    Column("municipality", String(4), nullable=True, comment="for committee tokens: the one queue it sees"),
+    Column("secret_hash", Text, nullable=False, comment="argon2id hash; the token itself is never stored"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    CheckConstraint("scope IN ('committee', 'ops', 'sender')", name="scope"),
+    CheckConstraint("(scope = 'committee') = (municipality IS NOT NULL)", name="committee_has_municipality"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", Text, nullable=False, comment="token name, or ops:NAME from the shell"),
+    Column("action", String(32), nullable=False),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=True),
+    Column("detail", JSON, nullable=False),
+    Index(None, "referral_id", "id"),
+    Index(None, "at"),
+)
+
+OUTGOING_STATES = ("pending", "sending", "sent", "failed", "suppressed")
+
+outgoing_mail = Table(
+    "outgoing_mail",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(24), nullable=False, comment="receipt | committee_message"),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=True),
+    Column("answers_message", Id, ForeignKey("messages.id"), nullable=True, comment="the message answered"),
+    Column("recipient", Text, nullable=False),
+    Column("message_id_header", Text, nullable=False, unique=True, comment="our Message-ID"),
+    Column("raw", LargeBinary, nullable=True, comment="the mail as sent; empty when suppressed"),
+    Column("state", String(16), nullable=False),
+    Column("suppressed_reason", String(32), nullable=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime, nullable=True),
+    CheckConstraint("state IN ('pending', 'sending', 'sent', 'failed', 'suppressed')", name="state"),
+    Index(None, "recipient", "kind", "created_at"),
+    Index(None, "state"),
+    Index(None, "answers_message"),
+)
+
+thread = Table(
+    "thread",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("direction", String(16), nullable=False, comment="to_sender | from_sender"),
+    Column("author", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=True, comment="the sender's mail"),
+    Column("outgoing_id", Id, ForeignKey("outgoing_mail.id"), nullable=True, comment="our mail"),
+    CheckConstraint("direction IN ('to_sender', 'from_sender')", name="direction"),
     Index(None, "referral_id", "id"),
 )
