@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, select
 
 from postkasse.clock import danish_date
-from postkasse.pipeline import Follow
 from postkasse.committee import referrals
 from postkasse.config import Settings
+from postkasse.pipeline import Follow
 from postkasse.routing.extract import MailExtractor, extract
 from postkasse.routing.facts import Extractor, Facts
 from postkasse.routing.municipalities import Municipalities
