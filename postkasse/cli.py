@@ -1,4 +1,4 @@
-"""The `postkasse` command: serve | worker | migrate | check-config | refdata | route | triage."""
+"""The `postkasse` command: serve, worker, migrate, check-config, refdata, route, triage, token, queue."""
 
 from __future__ import annotations
 
@@ -150,6 +150,72 @@ def cmd_triage_assign(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_new(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.clock import SystemClock
+    from postkasse.committee import tokens
+    from postkasse.routing.municipalities import Municipalities
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    scope = "ops" if args.ops else "sender" if args.sender else "committee"
+    if (
+        scope == "committee"
+        and Municipalities.load(settings.routing.municipalities_file).get(args.municipality) is None
+    ):
+        print(f"postkasse token new: {args.municipality} is not a municipality code", file=sys.stderr)
+        return 2
+    store = Store(settings.database.url)
+    upgrade(store)
+    try:
+        with store.write() as conn:
+            token = tokens.create(conn, args.name, scope, args.municipality, SystemClock().now())
+    except tokens.TokenError as exc:
+        print(f"postkasse token new: {exc}", file=sys.stderr)
+        return 1
+    where = f" for municipality {args.municipality}" if args.municipality else ""
+    print(f"{scope} token {args.name!r}{where}; shown this once, store it now:")
+    print(token)
+    return 0
+
+
+def cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.clock import SystemClock
+    from postkasse.committee import tokens
+    from postkasse.store import Store
+
+    store = Store(settings.database.url)
+    try:
+        with store.write() as conn:
+            tokens.revoke(conn, args.name, SystemClock().now())
+    except tokens.TokenError as exc:
+        print(f"postkasse token revoke: {exc}", file=sys.stderr)
+        return 1
+    print(f"token {args.name!r} revoked")
+    return 0
+
+
+def cmd_queue_pull(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from postkasse.committee.client import ApiClient, ApiClientError, pull_queue
+
+    token = args.token or os.environ.get("POSTKASSE_TOKEN", "")
+    if not token:
+        print("postkasse queue pull: give --token or set POSTKASSE_TOKEN", file=sys.stderr)
+        return 2
+    url = args.url or f"http://{settings.http.host}:{settings.http.port}"
+    try:
+        pulled = pull_queue(ApiClient(url, token), args.municipality, Path(args.out))
+    except ApiClientError as exc:
+        print(f"postkasse queue pull: {exc}", file=sys.stderr)
+        return 1
+    for reference in pulled:
+        print(reference)
+    print(f"{len(pulled)} referrals pulled into {args.out}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="postkasse", description=__doc__)
     top.add_argument(
@@ -192,6 +258,28 @@ def parser() -> argparse.ArgumentParser:
         "--operator", required=True, help="who decides (recorded in the referral's events)"
     )
     assigning.set_defaults(func=cmd_triage_assign)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="action", required=True)
+    new = token.add_parser("new", help="create a token; it is printed once, alone on the last line")
+    which = new.add_mutually_exclusive_group(required=True)
+    which.add_argument("--municipality", metavar="CODE", help="a committee token for this municipality")
+    which.add_argument("--ops", action="store_true", help="an operations token (triage, counts)")
+    which.add_argument("--sender", action="store_true", help="a token for a system that submits messages")
+    new.add_argument("--name", required=True)
+    new.set_defaults(func=cmd_token_new)
+    revoke = token.add_parser("revoke", help="end a token")
+    revoke.add_argument("name")
+    revoke.set_defaults(func=cmd_token_revoke)
+
+    queue = sub.add_parser("queue", help="a committee's queue").add_subparsers(dest="action", required=True)
+    pull = queue.add_parser(
+        "pull", help="fetch and pull every new referral over the API, as a case system does"
+    )
+    pull.add_argument("--municipality", required=True, metavar="CODE")
+    pull.add_argument("--out", required=True, metavar="DIR", help="writes REFERENCE.json and REFERENCE.eml")
+    pull.add_argument("--token", help="the committee token (default: $POSTKASSE_TOKEN)")
+    pull.add_argument("--url", help="the API's base URL (default: from http.host and http.port)")
+    pull.set_defaults(func=cmd_queue_pull)
     return top
 
 

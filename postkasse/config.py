@@ -9,10 +9,18 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -114,6 +122,33 @@ class RoutingSettings(_Section):
         return self
 
 
+class OutboundSettings(_Section):
+    """The relay receipts and committee messages go out through."""
+
+    host: str = Field("", description="empty: no relay; outgoing mail waits and then fails visibly")
+    port: int = Field(25, ge=1, le=65535)
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    from_address: str = "postkasse@localhost"
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sane(self) -> OutboundSettings:
+        if "@" not in self.from_address:
+            raise ValueError("from_address must be an address")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file {self.ca_file} does not exist")
+        if self.user and self.tls == "none":
+            raise ValueError("a password is never sent without TLS: set tls to starttls or implicit")
+        return self
+
+
+class ReceiptSettings(_Section):
+    max_per_sender_per_hour: int = Field(20, ge=1)
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     json_format: bool = Field(True, alias="json")
@@ -141,6 +176,8 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

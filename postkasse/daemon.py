@@ -12,10 +12,13 @@ import uvicorn
 
 from postkasse import logs, steps
 from postkasse.clock import Clock, SystemClock
+from postkasse.committee.api import Api
+from postkasse.committee.tokens import Authenticator
 from postkasse.config import Settings
 from postkasse.mailbox.committer import GroupCommitter
 from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
 from postkasse.pipeline import Next
+from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Store, Stored
 from postkasse.store.migrate import upgrade
 from postkasse.tasks import Actors
@@ -40,7 +43,8 @@ class Daemon:
         self.store = Store(settings.database.url)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
         self.broker = make_broker(settings)
-        self.actors = Actors(self.broker, steps.build(settings, self.store, self.clock))
+        self.pipeline = steps.build(settings, self.store, self.clock)
+        self.actors = Actors(self.broker, self.pipeline)
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
@@ -65,9 +69,18 @@ class Daemon:
             self.settings.smtp, MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock)
         )
         await smtp.start()
+        api = Api(
+            store=self.store,
+            authenticator=Authenticator(self.store),
+            clock=self.clock,
+            municipalities=Municipalities.load(self.settings.routing.municipalities_file),
+            pipeline=self.pipeline,
+            dispatch=self.actors.dispatch,
+            from_address=self.settings.outbound.from_address,
+        )
         http = _Uvicorn(
             uvicorn.Config(
-                create_app(self.store),
+                create_app(self.store, api),
                 host=self.settings.http.host,
                 port=self.settings.http.port,
                 log_config=None,

@@ -27,3 +27,6 @@ OUTBOX_DISPATCHED = Counter(
 OUTBOX_DONE = Counter("postkasse_outbox_done_total", "Outbox work completed", ["kind"])
 OUTBOX_FAILED = Counter("postkasse_outbox_failed_total", "Outbox work that failed its last attempt", ["kind"])
 OUTBOX_ERRORS = Counter("postkasse_outbox_errors_total", "Outbox attempts that raised", ["kind"])
+MAIL_SENT = Counter("postkasse_mail_sent_total", "Outgoing mail delivered to the relay", ["kind"])
+MAIL_FAILED = Counter("postkasse_mail_failed_total", "Outgoing mail that failed for good", ["kind"])
+MAIL_SUPPRESSED = Counter("postkasse_receipts_suppressed_total", "Receipts not sent, by rule", ["reason"])

@@ -8,12 +8,36 @@ from postkasse.clock import Clock
 from postkasse.config import Settings
 from postkasse.mailbox.headers import ParseHeaders
 from postkasse.pipeline import Pipeline, Step
+from postkasse.receipts.relay import Relay
+from postkasse.receipts.send import SendMail
+from postkasse.receipts.step import SendReceipt
 from postkasse.routing.step import RouteMessage
 from postkasse.store import Store
 
 FIRST_STEP = ParseHeaders.name
 
 
+def relay(settings: Settings) -> Relay:
+    out = settings.outbound
+    return Relay(
+        out.host,
+        out.port,
+        out.tls,
+        out.user,
+        out.password.get_secret_value(),
+        out.ca_file,
+        out.timeout_seconds,
+    )
+
+
 def build(settings: Settings, store: Store, clock: Clock) -> Pipeline:
-    steps: list[Step] = [ParseHeaders(), RouteMessage.from_settings(settings)]
+    route = RouteMessage.from_settings(settings)
+    receipt = SendReceipt(
+        route.router.municipalities,
+        settings.outbound.from_address,
+        settings.smtp.accept_addresses,
+        settings.receipts.max_per_sender_per_hour,
+    )
+    send = SendMail(relay(settings), settings.outbound.from_address)
+    steps: list[Step] = [ParseHeaders(), route, receipt, send]
     return Pipeline(steps, store, clock, timedelta(seconds=settings.outbox.lease_seconds))

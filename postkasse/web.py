@@ -1,4 +1,4 @@
-"""The HTTP surface: health, readiness and metrics now; the committee API joins it later."""
+"""The HTTP surface: the committee API, and health, readiness and metrics for operations."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from postkasse import __version__
+from postkasse.committee.api import Api, install
 from postkasse.store import Store
 
 
-def create_app(store: Store) -> FastAPI:
-    app = FastAPI(title="postkasse", version=__version__)
+def create_app(store: Store, api: Api | None = None) -> FastAPI:
+    app = FastAPI(
+        title="postkasse",
+        version=__version__,
+        description="The central mailbox for children and young people: committee queues and operations.",
+    )
+    if api is not None:
+        install(app, api)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

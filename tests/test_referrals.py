@@ -124,8 +124,9 @@ def test_routing_that_keeps_failing_ends_in_triage(store: Store, monkeypatch: py
     pipeline.run(work.id, sent.extend)
     with store.read() as conn:
         referral = referrals.for_message(conn, message_id)
-        assert outbox.backlog(conn) == {"failed": 1}
+        assert outbox.backlog(conn) == {"failed": 1, "pending": 1}
     assert (referral.state, referral.triage_reason) == ("triage", ROUTING_FAILED)
+    assert [n.kind for n in sent] == ["receipt"]  # the sender still hears that it waits for sorting
 
 
 def test_route_explain_json_for_scripts(

@@ -9,21 +9,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from email import policy
+from email.parser import BytesHeaderParser, BytesParser
 
 from sqlalchemy import Connection, select
 
 from postkasse.clock import danish_date
-from postkasse.committee import referrals
+from postkasse.committee import correspondence, referrals
 from postkasse.config import Settings
 from postkasse.pipeline import Follow
-from postkasse.routing.extract import MailExtractor, extract
+from postkasse.routing.extract import MailExtractor, extract, text_of
 from postkasse.routing.facts import Extractor, Facts
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Decision, decide
 from postkasse.routing.refdata import Geography, imports
 from postkasse.routing.registry import LocalRegistry, Registry
 from postkasse.store.schema import messages
-from postkasse.store.schema import referrals as referrals_table
+
+_HEADERS = BytesHeaderParser(policy=policy.compat32)
 
 
 class StoreLookups:
@@ -97,10 +100,16 @@ class RouteMessage:
         if referrals.for_message(conn, message_id) is not None:
             return ()
         message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
-        first = self._earlier_copy(conn, message)
+        first = referrals.earlier_copy(conn, message)
         if first is not None:
             referrals.note_duplicate(conn, first, message_id, now)
-            return ()
+            return [("receipt", message_id)]
+        headers = _HEADERS.parsebytes(message.raw)
+        answered = correspondence.match_reply(conn, message.mail_from, headers)
+        if answered is not None:
+            body = text_of(BytesParser(policy=policy.default).parsebytes(message.raw))
+            correspondence.attach_reply(conn, answered, message_id, message.mail_from, body.strip(), now)
+            return [("receipt", message_id)]
         decision, facts = self.router.decide(conn, message.raw, message.received_at)
         referrals.create(
             conn,
@@ -118,7 +127,7 @@ class RouteMessage:
             ),
             now,
         )
-        return ()
+        return [("receipt", message_id)]
 
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if referrals.for_message(conn, message_id) is None:
@@ -138,23 +147,4 @@ class RouteMessage:
                 ),
                 now,
             )
-        return ()
-
-    @staticmethod
-    def _earlier_copy(conn: Connection, message: object) -> int | None:
-        """The referral of an earlier message with the same Message-ID from the same sender."""
-        message_id_header = getattr(message, "message_id", None)
-        if not message_id_header:
-            return None
-        referral_id: int | None = conn.execute(
-            select(referrals_table.c.id)
-            .join(messages, messages.c.id == referrals_table.c.message_id)
-            .where(
-                messages.c.message_id == message_id_header,
-                messages.c.mail_from == getattr(message, "mail_from", None),
-                messages.c.id < getattr(message, "id", 0),
-            )
-            .order_by(messages.c.id)
-            .limit(1)
-        ).scalar_one_or_none()
-        return referral_id
+        return [("receipt", message_id)]

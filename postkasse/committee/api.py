@@ -1,0 +1,272 @@
+"""The committee HTTP API: each committee pulls its own queue, reads, decides and writes to the sender.
+
+A committee token sees only its own municipality: any other referral answers 404, so existence is not
+revealed. The ops scope sees triage and failed mail, never referral contents. Every read of a referral
+and every change writes an audit row. Errors are JSON with a stable `code` and a sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import Connection, select
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from postkasse.clock import Clock
+from postkasse.committee import audit, correspondence, referrals, triage, views
+from postkasse.committee.tokens import Authenticator, Principal
+from postkasse.pipeline import Next, Pipeline
+from postkasse.routing.municipalities import Municipalities
+from postkasse.store import Store
+from postkasse.store.schema import messages
+from postkasse.store.schema import referrals as referrals_table
+
+PAGE = 50
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+NOT_FOUND = ApiError(404, "not_found", "No such referral.")
+
+
+@dataclass
+class Api:
+    store: Store
+    authenticator: Authenticator
+    clock: Clock
+    municipalities: Municipalities
+    pipeline: Pipeline
+    dispatch: Callable[[Sequence[Next]], None]
+    from_address: str
+
+
+class Decision(BaseModel):
+    outcome: Literal["forwarded", "returned", "joint_pathway", "closed"]
+    unit: str | None = Field(None, max_length=200, description="the unit forwarded to; needed for forwarded")
+    reason: str | None = Field(None, max_length=2000, description="why it is returned; needed for returned")
+    note: str | None = Field(None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _detail(self) -> Decision:
+        if self.outcome == "forwarded" and not (self.unit and self.unit.strip()):
+            raise ValueError("unit: forwarding names the unit that takes the case")
+        if self.outcome == "returned" and not (self.reason and self.reason.strip()):
+            raise ValueError("reason: returning a referral (tilbagevisning) needs the reason")
+        return self
+
+
+class MessageToSender(BaseModel):
+    text: str = Field(..., min_length=1, max_length=20000)
+
+
+class Assignment(BaseModel):
+    municipality: str = Field(..., pattern=r"^\d{4}$")
+    note: str = Field(..., min_length=1, max_length=2000)
+
+
+def create_router(api: Api) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+
+    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        found = api.authenticator.authenticate(token) if scheme.lower() == "bearer" and token else None
+        if found is None:
+            raise ApiError(401, "unauthorized", "A valid bearer token is needed.")
+        return found
+
+    Caller = Annotated[Principal, Depends(principal)]
+
+    def visible(conn: Connection, who: Principal, referral_id: int) -> Any:
+        row = conn.execute(
+            select(referrals_table.c.id, referrals_table.c.municipality, referrals_table.c.state).where(
+                referrals_table.c.id == referral_id
+            )
+        ).one_or_none()
+        if row is None or not who.sees(row.municipality):
+            raise NOT_FOUND
+        return row
+
+    def ops_only(who: Principal) -> None:
+        if who.scope != "ops":
+            raise ApiError(403, "forbidden", "Only an operations token may do this.")
+
+    @router.get("/municipalities/{code}/referrals", tags=["committee"])
+    def list_referrals(
+        code: str,
+        who: Caller,
+        state: Literal["new", "pulled", "handled"] = "new",
+        cursor: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE,
+    ) -> dict[str, Any]:
+        """The municipality's queue, oldest first, a page at a time."""
+        if not who.sees(code):
+            raise ApiError(404, "not_found", "No such queue.")
+        with api.store.write() as conn:
+            rows = conn.execute(
+                select(*views.SUMMARY_COLUMNS)
+                .join(messages, messages.c.id == referrals_table.c.message_id)
+                .where(
+                    referrals_table.c.municipality == code,
+                    referrals_table.c.state == state,
+                    referrals_table.c.id > cursor,
+                )
+                .order_by(referrals_table.c.id)
+                .limit(limit)
+            ).all()
+            audit.record(
+                conn, who.name, "list", None, api.clock.now(), municipality=code, state=state, count=len(rows)
+            )
+        items = [views.summary(r) for r in rows]
+        return {"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None}
+
+    @router.get("/referrals/{referral_id}", tags=["committee"])
+    def get_referral(referral_id: int, who: Caller) -> dict[str, Any]:
+        """The referral: facts, routing reasons, sender, attachments, thread and deadline."""
+        with api.store.write() as conn:
+            visible(conn, who, referral_id)
+            found = views.detail(conn, referral_id)
+            assert found is not None
+            referrals.mark_replies_read(conn, referral_id)
+            audit.record(conn, who.name, "read", referral_id, api.clock.now())
+        return found
+
+    @router.get(
+        "/referrals/{referral_id}/raw",
+        tags=["committee"],
+        responses={200: {"content": {"message/rfc822": {}}}},
+    )
+    def get_raw(referral_id: int, who: Caller) -> Response:
+        """The message exactly as it was received."""
+        with api.store.write() as conn:
+            visible(conn, who, referral_id)
+            raw = conn.execute(
+                select(messages.c.raw)
+                .join(referrals_table, referrals_table.c.message_id == messages.c.id)
+                .where(referrals_table.c.id == referral_id)
+            ).scalar_one()
+            audit.record(conn, who.name, "read_raw", referral_id, api.clock.now())
+        return Response(raw, media_type="message/rfc822")
+
+    @router.post("/referrals/{referral_id}/pull", tags=["committee"])
+    def pull(referral_id: int, who: Caller) -> dict[str, Any]:
+        """The committee has taken the referral out of the mailbox."""
+        now = api.clock.now()
+        with api.store.write() as conn:
+            visible(conn, who, referral_id)
+            _change(lambda: referrals.pull(conn, referral_id, now, who.name))
+            audit.record(conn, who.name, "pull", referral_id, now)
+            found = views.detail(conn, referral_id)
+        assert found is not None
+        return found
+
+    @router.post("/referrals/{referral_id}/decision", tags=["committee"])
+    def decide(referral_id: int, decision: Decision, who: Caller) -> dict[str, Any]:
+        """Forwarded to a unit, returned with a reason, a joint pathway started, or closed."""
+        now = api.clock.now()
+        detail = decision.unit if decision.outcome == "forwarded" else decision.reason
+        with api.store.write() as conn:
+            visible(conn, who, referral_id)
+            _change(
+                lambda: referrals.decide(
+                    conn, referral_id, decision.outcome, detail, decision.note, now, who.name
+                )
+            )
+            audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
+            found = views.detail(conn, referral_id)
+        assert found is not None
+        return found
+
+    @router.post("/referrals/{referral_id}/messages", tags=["committee"], status_code=202)
+    def message_sender(referral_id: int, body: MessageToSender, who: Caller) -> dict[str, Any]:
+        """A message to the sender, sent as mail with the referral's reference; replies join the thread."""
+        now = api.clock.now()
+        with api.store.write() as conn:
+            row = visible(conn, who, referral_id)
+            municipality = api.municipalities.get(row.municipality)
+            try:
+                follow = correspondence.ask_sender(
+                    conn,
+                    referral_id,
+                    body.text,
+                    who.name,
+                    api.from_address,
+                    now,
+                    municipality.name if municipality else "kommunen",
+                )
+            except correspondence.SenderUnreachable as exc:
+                raise ApiError(409, "sender_unreachable", str(exc)) from None
+            audit.record(conn, who.name, "message_sender", referral_id, now)
+            work = api.pipeline.add(conn, follow, now)
+        api.dispatch(work)
+        return {"status": "queued", "reference": views.reference(referral_id)}
+
+    @router.get("/triage", tags=["operations"])
+    def list_triage(who: Caller) -> dict[str, Any]:
+        """What could not be routed, and mail that could not be sent: reasons, never contents."""
+        ops_only(who)
+        with api.store.read() as conn:
+            waiting = [t.as_json() for t in triage.waiting(conn)]
+            failed = correspondence.failed_mail(conn)
+        return {"referrals": waiting, "failed_mail": failed}
+
+    @router.post("/triage/{referral_id}/assign", tags=["operations"])
+    def assign(referral_id: int, body: Assignment, who: Caller) -> dict[str, Any]:
+        """Send a triaged referral to a municipality's queue, with a note saying why."""
+        ops_only(who)
+        if api.municipalities.get(body.municipality) is None:
+            raise ApiError(422, "invalid_request", "municipality: no municipality has that code.")
+        now = api.clock.now()
+        with api.store.write() as conn:
+            _change(lambda: referrals.assign(conn, referral_id, body.municipality, body.note, now, who.name))
+            audit.record(conn, who.name, "assign", referral_id, now, municipality=body.municipality)
+        return {"id": referral_id, "state": "new", "municipality": body.municipality}
+
+    return router
+
+
+def _change(change: Callable[[], None]) -> None:
+    try:
+        change()
+    except LookupError:
+        raise NOT_FOUND from None
+    except referrals.TransitionError as exc:
+        raise ApiError(409, "invalid_state", str(exc)) from None
+
+
+def install(app: FastAPI, api: Api) -> None:
+    app.include_router(create_router(api))
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+            message = str(e["msg"]).removeprefix("Value error, ")
+            named, colon, rest = message.partition(": ")
+            if colon and field == "body" and named.isidentifier():
+                field, message = named, rest  # a rule across fields names the one at fault
+            errors.append({"field": field, "message": message})
+        sentence = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse(
+            {"code": "invalid_request", "detail": sentence, "errors": errors}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"code": code, "detail": str(exc.detail)}, status_code=exc.status_code)

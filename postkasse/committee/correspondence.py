@@ -1,0 +1,140 @@
+"""The thread between a committee and the sender: questions out by mail, answers back onto the referral.
+
+A reply is recognised by our Message-ID in its In-Reply-To or References, or by the referral's reference
+in the subject when it comes from the address the referral came from; anything else is a new message.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from email.message import Message
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from postkasse.committee.views import reference, referral_from_reference
+from postkasse.pipeline import Follow
+from postkasse.receipts import compose, outgoing
+from postkasse.store.schema import messages, outgoing_mail, referrals, thread
+
+_MESSAGE_IDS = re.compile(r"<[^<>\s]+>")
+
+
+class SenderUnreachable(Exception):
+    """The referral came without a return address, so no mail can reach its sender."""
+
+
+def ask_sender(
+    conn: Connection,
+    referral_id: int,
+    text: str,
+    author: str,
+    from_address: str,
+    now: datetime,
+    municipality_name: str = "kommunen",
+) -> list[Follow]:
+    row = conn.execute(
+        select(
+            referrals.c.id, referrals.c.message_id, messages.c.mail_from, messages.c.message_id.label("mid")
+        )
+        .join(messages, messages.c.id == referrals.c.message_id)
+        .where(referrals.c.id == referral_id)
+    ).one()
+    if not row.mail_from:
+        raise SenderUnreachable("The message came without a return address; the sender cannot be written to.")
+    mail = compose.committee_message(
+        from_address=from_address,
+        to=row.mail_from,
+        reference=reference(referral_id),
+        municipality_name=municipality_name,
+        text=text,
+        in_reply_to=row.mid,
+    )
+    outgoing_id = outgoing.add(
+        conn,
+        "committee_message",
+        mail,
+        recipient=row.mail_from,
+        referral_id=referral_id,
+        answers_message=row.message_id,
+        now=now,
+    )
+    conn.execute(
+        insert(thread).values(
+            referral_id=referral_id,
+            at=now,
+            direction="to_sender",
+            author=author,
+            text=text,
+            outgoing_id=outgoing_id,
+        )
+    )
+    return [("send", outgoing_id)]
+
+
+def match_reply(conn: Connection, envelope_sender: str, headers: Message) -> int | None:
+    """The referral this message answers, or None if it is not a reply to one."""
+    ids = _MESSAGE_IDS.findall(f"{headers.get('In-Reply-To', '')} {headers.get('References', '')}")
+    if ids:
+        found = conn.execute(
+            select(outgoing_mail.c.referral_id)
+            .where(outgoing_mail.c.message_id_header.in_(ids), outgoing_mail.c.referral_id.is_not(None))
+            .limit(1)
+        ).scalar_one_or_none()
+        if found is not None:
+            return int(found)
+    referral_id = referral_from_reference(str(headers.get("Subject", "")))
+    if referral_id is None or not envelope_sender:
+        return None
+    original_sender = conn.execute(
+        select(messages.c.mail_from)
+        .join(referrals, referrals.c.message_id == messages.c.id)
+        .where(referrals.c.id == referral_id)
+    ).scalar_one_or_none()
+    return referral_id if original_sender and original_sender.lower() == envelope_sender.lower() else None
+
+
+def attach_reply(
+    conn: Connection, referral_id: int, message_id: int, author: str, text: str, now: datetime
+) -> None:
+    conn.execute(
+        insert(thread).values(
+            referral_id=referral_id,
+            at=now,
+            direction="from_sender",
+            author=author,
+            text=text,
+            message_id=message_id,
+        )
+    )
+    conn.execute(
+        update(referrals).where(referrals.c.id == referral_id).values(unread_reply=True, updated_at=now)
+    )
+
+
+def failed_mail(conn: Connection) -> list[dict[str, Any]]:
+    """Mail that failed its last attempt, for operations: what, to whom, why; never the contents."""
+    rows = conn.execute(
+        select(
+            outgoing_mail.c.id,
+            outgoing_mail.c.kind,
+            outgoing_mail.c.referral_id,
+            outgoing_mail.c.answers_message,
+            outgoing_mail.c.last_error,
+            outgoing_mail.c.created_at,
+        )
+        .where(outgoing_mail.c.state == "failed")
+        .order_by(outgoing_mail.c.id)
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "kind": r.kind,
+            "referral": reference(r.referral_id) if r.referral_id else None,
+            "message": r.answers_message,
+            "error": r.last_error,
+            "created_at": r.created_at.isoformat(),
+        }
+        for r in rows
+    ]

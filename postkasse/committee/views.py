@@ -1,0 +1,102 @@
+"""What the API shows of a referral: a queue line, or the whole referral with its thread."""
+
+from __future__ import annotations
+
+import re
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from postkasse.deadlines import handling_deadline
+from postkasse.store.schema import message_headers, messages, referrals, thread
+
+REFERENCE = re.compile(r"\bPK-(\d{6,12})\b")
+
+
+def reference(referral_id: int) -> str:
+    """Our reference for a referral, as senders see it in receipts and subjects."""
+    return f"PK-{referral_id:06d}"
+
+
+def referral_from_reference(text: str) -> int | None:
+    match = REFERENCE.search(text)
+    return int(match.group(1)) if match else None
+
+
+SUMMARY_COLUMNS = (
+    referrals.c.id,
+    referrals.c.municipality,
+    referrals.c.state,
+    referrals.c.urgent,
+    referrals.c.flags,
+    referrals.c.unread_reply,
+    referrals.c.outcome,
+    messages.c.received_at,
+)
+
+
+def summary(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "reference": reference(row.id),
+        "municipality": row.municipality,
+        "state": row.state,
+        "received_at": row.received_at.isoformat(),
+        "deadline": handling_deadline(row.received_at).isoformat(),
+        "urgent": row.urgent,
+        "flags": list(row.flags),
+        "unread_reply": row.unread_reply,
+        "outcome": row.outcome,
+    }
+
+
+def attachments(raw: bytes) -> list[dict[str, Any]]:
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    found = []
+    for part in message.iter_attachments():
+        payload = part.get_payload(decode=True)
+        found.append(
+            {
+                "filename": part.get_filename(),
+                "content_type": part.get_content_type(),
+                "size": len(payload) if isinstance(payload, bytes) else 0,
+            }
+        )
+    return found
+
+
+def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(
+            referrals,
+            messages.c.received_at,
+            messages.c.mail_from,
+            messages.c.raw,
+            message_headers.c.from_header,
+        )
+        .join(messages, messages.c.id == referrals.c.message_id)
+        .outerjoin(message_headers, message_headers.c.message_id == messages.c.id)
+        .where(referrals.c.id == referral_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    entries = conn.execute(
+        select(thread).where(thread.c.referral_id == referral_id).order_by(thread.c.id)
+    ).all()
+    return {
+        **summary(row),
+        "outcome_detail": row.outcome_detail,
+        "triage_reason": row.triage_reason,
+        "routing": {"reasons": list(row.reasons), "explanation": list(row.explanation)},
+        "facts": {"cpr": row.cpr, "patient_name": row.patient_name, "subject": row.subject},
+        "sender": {"envelope": row.mail_from, "from": row.from_header},
+        "attachments": attachments(row.raw),
+        "thread": [
+            {"at": e.at.isoformat(), "direction": e.direction, "author": e.author, "text": e.text}
+            for e in entries
+        ],
+    }

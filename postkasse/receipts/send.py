@@ -1,0 +1,66 @@
+"""The `send` step: deliver one outgoing mail through the relay, retrying with backoff.
+
+Receipts go out with the null envelope sender (RFC 3834 3.3), so a bounce can never start a loop;
+committee messages go out from the mailbox's address so the sender's answer comes back to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection
+
+from postkasse import logs, metrics
+from postkasse.pipeline import Follow
+from postkasse.receipts import outgoing
+from postkasse.receipts.relay import PermanentFailure, Relay
+from postkasse.store import Store
+
+log = logs.get(__name__)
+
+
+class SendMail:
+    name = "send"
+    max_attempts = 10
+    min_backoff = timedelta(seconds=5)
+    max_backoff = timedelta(minutes=15)
+
+    def __init__(self, relay: Relay, from_address: str) -> None:
+        self.relay = relay
+        self.from_address = from_address
+
+    def deliver(self, store: Store, outgoing_id: int, now: datetime) -> None:
+        with store.write() as conn:
+            mail = outgoing.claim(conn, outgoing_id, now)
+        if mail is None:
+            return  # sent, failed, suppressed, or being sent by another worker right now
+        envelope_sender = "" if mail.kind == "receipt" else self.from_address
+        try:
+            self.relay.send(envelope_sender, mail.recipient, mail.raw)
+        except PermanentFailure as exc:
+            with store.write() as conn:
+                outgoing.mark(conn, outgoing_id, "failed", now, str(exc))
+            metrics.MAIL_FAILED.labels(mail.kind).inc()
+            log.error(
+                "outgoing mail refused for good", outgoing_id=outgoing_id, kind=mail.kind, error=str(exc)
+            )
+            return
+        except Exception as exc:
+            with store.write() as conn:
+                outgoing.mark(conn, outgoing_id, "pending", now, f"{type(exc).__name__}: {exc}")
+            raise
+        with store.write() as conn:
+            outgoing.mark(conn, outgoing_id, "sent", now)
+        metrics.MAIL_SENT.labels(mail.kind).inc()
+
+    def run(self, conn: Connection, outgoing_id: int, now: datetime) -> Sequence[Follow]:
+        return ()
+
+    def give_up(self, conn: Connection, outgoing_id: int, now: datetime) -> Sequence[Follow]:
+        outgoing.mark(conn, outgoing_id, "failed", now)
+        metrics.MAIL_FAILED.labels("unknown").inc()
+        log.error(
+            "outgoing mail failed after its last attempt; ops can see it in triage", outgoing_id=outgoing_id
+        )
+        return ()
