@@ -47,14 +47,24 @@ def test_road_segments_decide_where_a_postal_code_does_not(store: Store, tmp_pat
 
 def test_registry_extract(store: Store, tmp_path: Path) -> None:
     path = registry_file(
-        tmp_path, [("0102154123", "710", "Skolevej", "12", "8382"), ("020317-4222", "0751", "", "", "")]
+        tmp_path,
+        [
+            ("0102154123", "710", "Skolevej", "12", "8382"),
+            ("020317-4222", "0751", "", "", ""),
+            ("01021541AB", "0101", "", "", ""),
+            ("9912994123", "0461", "", "", ""),
+        ],
     )
-    assert import_file(store, "registry", path, NOW).rows == 2
+    assert import_file(store, "registry", path, NOW).rows == 4
     with store.read() as conn:
-        registry = LocalRegistry(conn)
+        registry = LocalRegistry.load(conn)
         assert registry.municipality_of("0102154123") == "0710"
         assert registry.municipality_of("0203174222") == "0751"
+        assert registry.municipality_of("01021541AB") == "0101"  # a replacement number, kept apart
+        assert registry.municipality_of("9912994123") == "0461"  # the last in order
         assert registry.municipality_of("0101010101") is None
+        assert registry.municipality_of("9999999999") is None
+        assert len(registry) == 4
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ sender match an earlier one is recorded as a duplicate on the first referral, ne
 from __future__ import annotations
 
 import threading
+import time
+from array import array
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email import policy
@@ -47,22 +49,30 @@ class StoreLookups:
         return self.geography.street_municipalities(street, postal_code)
 
 
-class GeographyCache:
-    """The in-memory geography, loaded again whenever postal codes or roads were imported anew."""
+class ReferenceCache:
+    """Geography and registry in memory, loaded again when an import changed them.
 
-    def __init__(self) -> None:
+    Whether an import happened is asked at most once per `check_seconds`, not once per message."""
+
+    def __init__(self, check_seconds: float = 1.0) -> None:
         self.lock = threading.Lock()
+        self.check_seconds = check_seconds
+        self.checked_at = -check_seconds
         self.version: object = None
         self.geography = Geography({}, {})
+        self.registry = LocalRegistry(array("q"), array("H"), [], {})
 
-    def get(self, conn: Connection) -> Geography:
-        current = imports(conn)
-        version = (current.get("postnord"), current.get("roads"))
+    def get(self, conn: Connection) -> tuple[Geography, LocalRegistry]:
         with self.lock:
-            if version != self.version:
-                self.geography = Geography.load(conn)
-                self.version = version
-            return self.geography
+            if time.monotonic() - self.checked_at >= self.check_seconds:
+                current = imports(conn)
+                version = (current.get("postnord"), current.get("roads"), current.get("registry"))
+                if version != self.version:
+                    self.geography = Geography.load(conn)
+                    self.registry = LocalRegistry.load(conn)
+                    self.version = version
+                self.checked_at = time.monotonic()
+            return self.geography, self.registry
 
 
 class Router:
@@ -72,10 +82,11 @@ class Router:
         self.municipalities = municipalities
         self.ages = ages
         self.extractors: list[Extractor] = [MailExtractor(municipalities.by_name)]
-        self.geography = GeographyCache()
+        self.reference = ReferenceCache()
 
     def lookups(self, conn: Connection) -> StoreLookups:
-        return StoreLookups(self.municipalities, self.geography.get(conn), LocalRegistry(conn))
+        geography, registry = self.reference.get(conn)
+        return StoreLookups(self.municipalities, geography, registry)
 
     def decide(self, conn: Connection, raw: bytes, received_at: datetime) -> tuple[Decision, Facts]:
         facts = extract(raw, self.extractors)
