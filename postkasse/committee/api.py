@@ -74,17 +74,21 @@ class Assignment(BaseModel):
     note: str = Field(..., min_length=1, max_length=2000)
 
 
+def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from its bearer token; 401 without a valid one."""
+    api: Api = request.app.state.api
+    scheme, _, token = (authorization or "").partition(" ")
+    found = api.authenticator.authenticate(token) if scheme.lower() == "bearer" and token else None
+    if found is None:
+        raise ApiError(401, "unauthorized", "A valid bearer token is needed.")
+    return found
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
 def create_router(api: Api) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
-
-    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
-        scheme, _, token = (authorization or "").partition(" ")
-        found = api.authenticator.authenticate(token) if scheme.lower() == "bearer" and token else None
-        if found is None:
-            raise ApiError(401, "unauthorized", "A valid bearer token is needed.")
-        return found
-
-    Caller = Annotated[Principal, Depends(principal)]
 
     def visible(conn: Connection, who: Principal, referral_id: int) -> Any:
         row = conn.execute(
@@ -174,15 +178,27 @@ def create_router(api: Api) -> APIRouter:
         """Forwarded to a unit, returned with a reason, a joint pathway started, or closed."""
         now = api.clock.now()
         detail = decision.unit if decision.outcome == "forwarded" else decision.reason
+        work: list[Next] = []
         with api.store.write() as conn:
-            visible(conn, who, referral_id)
+            row = visible(conn, who, referral_id)
             _change(
                 lambda: referrals.decide(
                     conn, referral_id, decision.outcome, detail, decision.note, now, who.name
                 )
             )
             audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
+            if decision.outcome == "returned" and decision.reason:
+                committee = _committee(api, row.municipality)
+                text = correspondence.returned_text(views.reference(referral_id), committee, decision.reason)
+                try:
+                    follow = correspondence.write_to_sender(
+                        conn, referral_id, text, who.name, api.from_address, now, committee
+                    )
+                    work = api.pipeline.add(conn, follow, now)
+                except correspondence.SenderUnreachable:
+                    audit.record(conn, who.name, "return_not_sent", referral_id, now, why="no return address")
             found = views.detail(conn, referral_id)
+        api.dispatch(work)
         assert found is not None
         return found
 
@@ -192,16 +208,15 @@ def create_router(api: Api) -> APIRouter:
         now = api.clock.now()
         with api.store.write() as conn:
             row = visible(conn, who, referral_id)
-            municipality = api.municipalities.get(row.municipality)
             try:
-                follow = correspondence.ask_sender(
+                follow = correspondence.write_to_sender(
                     conn,
                     referral_id,
                     body.text,
                     who.name,
                     api.from_address,
                     now,
-                    municipality.name if municipality else "kommunen",
+                    _committee(api, row.municipality),
                 )
             except correspondence.SenderUnreachable as exc:
                 raise ApiError(409, "sender_unreachable", str(exc)) from None
@@ -234,6 +249,11 @@ def create_router(api: Api) -> APIRouter:
     return router
 
 
+def _committee(api: Api, code: str | None) -> str:
+    municipality = api.municipalities.get(code or "")
+    return f"{municipality.name}s koordinationsudvalg" if municipality else "kommunens koordinationsudvalg"
+
+
 def _change(change: Callable[[], None]) -> None:
     try:
         change()
@@ -244,6 +264,7 @@ def _change(change: Callable[[], None]) -> None:
 
 
 def install(app: FastAPI, api: Api) -> None:
+    app.state.api = api
     app.include_router(create_router(api))
 
     @app.exception_handler(ApiError)

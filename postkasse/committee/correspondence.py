@@ -25,14 +25,14 @@ class SenderUnreachable(Exception):
     """The referral came without a return address, so no mail can reach its sender."""
 
 
-def ask_sender(
+def write_to_sender(
     conn: Connection,
     referral_id: int,
     text: str,
     author: str,
     from_address: str,
     now: datetime,
-    municipality_name: str = "kommunen",
+    committee: str,
 ) -> list[Follow]:
     row = conn.execute(
         select(
@@ -47,7 +47,7 @@ def ask_sender(
         from_address=from_address,
         to=row.mail_from,
         reference=reference(referral_id),
-        municipality_name=municipality_name,
+        committee=committee,
         text=text,
         in_reply_to=row.mid,
     )
@@ -138,3 +138,10 @@ def failed_mail(conn: Connection) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def returned_text(reference_text: str, committee: str, reason: str) -> str:
+    return (
+        f"Henvisningen {reference_text} er tilbagevist af {committee}.\n\nBegrundelse: {reason.strip()}\n\n"
+        f"The referral {reference_text} has been returned; the reason is given above."
+    )

@@ -74,11 +74,9 @@ def receipt(
 
 
 def committee_message(
-    *, from_address: str, to: str, reference: str, municipality_name: str, text: str, in_reply_to: str | None
+    *, from_address: str, to: str, reference: str, committee: str, text: str, in_reply_to: str | None
 ) -> EmailMessage:
-    mail = _base(
-        from_address, to, f"Besked fra {municipality_name}s koordinationsudvalg [{reference}]", in_reply_to
-    )
+    mail = _base(from_address, to, f"Besked fra {committee} [{reference}]", in_reply_to)
     footer = (
         f"\n\n-- \nSendt via den fælles digitale postkasse. Svar på denne mail og behold [{reference}] i "
         "emnefeltet, så kommer svaret med på sagen."

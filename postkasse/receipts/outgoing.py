@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from email.policy import SMTP
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
@@ -45,7 +46,7 @@ def add(
             answers_message=answers_message,
             recipient=recipient,
             message_id_header=str(mail["Message-ID"]),
-            raw=bytes(mail),
+            raw=mail.as_bytes(policy=SMTP),
             state="pending",
             created_at=now,
         )
