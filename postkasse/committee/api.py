@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
@@ -28,6 +28,9 @@ from postkasse.store.schema import messages
 from postkasse.store.schema import referrals as referrals_table
 
 PAGE = 50
+MAX_ID = 2**63 - 1  # the store's ids are 64-bit; anything larger names nothing
+
+ReferralId = Annotated[int, Path(ge=1, le=MAX_ID, description="the referral's id")]
 
 
 class ApiError(Exception):
@@ -109,7 +112,7 @@ def create_router(api: Api) -> APIRouter:
         code: str,
         who: Caller,
         state: Literal["new", "pulled", "handled"] = "new",
-        cursor: Annotated[int, Query(ge=0, description="the last id of the previous page")] = 0,
+        cursor: Annotated[int, Query(ge=0, le=MAX_ID, description="the last id of the previous page")] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = PAGE,
     ) -> dict[str, Any]:
         """The municipality's queue, oldest first, a page at a time."""
@@ -134,7 +137,7 @@ def create_router(api: Api) -> APIRouter:
         return {"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None}
 
     @router.get("/referrals/{referral_id}", tags=["committee"])
-    def get_referral(referral_id: int, who: Caller) -> dict[str, Any]:
+    def get_referral(referral_id: ReferralId, who: Caller) -> dict[str, Any]:
         """The referral: facts, routing reasons, sender, attachments, thread and deadline."""
         with api.store.write() as conn:
             visible(conn, who, referral_id)
@@ -149,7 +152,7 @@ def create_router(api: Api) -> APIRouter:
         tags=["committee"],
         responses={200: {"content": {"message/rfc822": {}}}},
     )
-    def get_raw(referral_id: int, who: Caller) -> Response:
+    def get_raw(referral_id: ReferralId, who: Caller) -> Response:
         """The message exactly as it was received."""
         with api.store.write() as conn:
             visible(conn, who, referral_id)
@@ -162,7 +165,7 @@ def create_router(api: Api) -> APIRouter:
         return Response(raw, media_type="message/rfc822")
 
     @router.post("/referrals/{referral_id}/pull", tags=["committee"])
-    def pull(referral_id: int, who: Caller) -> dict[str, Any]:
+    def pull(referral_id: ReferralId, who: Caller) -> dict[str, Any]:
         """The committee has taken the referral out of the mailbox."""
         now = api.clock.now()
         with api.store.write() as conn:
@@ -174,7 +177,7 @@ def create_router(api: Api) -> APIRouter:
         return found
 
     @router.post("/referrals/{referral_id}/decision", tags=["committee"])
-    def decide(referral_id: int, decision: Decision, who: Caller) -> dict[str, Any]:
+    def decide(referral_id: ReferralId, decision: Decision, who: Caller) -> dict[str, Any]:
         """Forwarded to a unit, returned with a reason, a joint pathway started, or closed."""
         now = api.clock.now()
         detail = decision.unit if decision.outcome == "forwarded" else decision.reason
@@ -203,7 +206,7 @@ def create_router(api: Api) -> APIRouter:
         return found
 
     @router.post("/referrals/{referral_id}/messages", tags=["committee"], status_code=202)
-    def message_sender(referral_id: int, body: MessageToSender, who: Caller) -> dict[str, Any]:
+    def message_sender(referral_id: ReferralId, body: MessageToSender, who: Caller) -> dict[str, Any]:
         """A message to the sender, sent as mail with the referral's reference; replies join the thread."""
         now = api.clock.now()
         with api.store.write() as conn:
@@ -235,7 +238,7 @@ def create_router(api: Api) -> APIRouter:
         return {"referrals": waiting, "failed_mail": failed}
 
     @router.post("/triage/{referral_id}/assign", tags=["operations"])
-    def assign(referral_id: int, body: Assignment, who: Caller) -> dict[str, Any]:
+    def assign(referral_id: ReferralId, body: Assignment, who: Caller) -> dict[str, Any]:
         """Send a triaged referral to a municipality's queue, with a note saying why."""
         ops_only(who)
         if api.municipalities.get(body.municipality) is None:
