@@ -56,28 +56,38 @@ class Stored:
 
 
 def save(conn: Connection, batch: Sequence[Received], first_step: str, lease_until: datetime) -> list[Stored]:
-    """Write each message with an outbox row for its first step, inside the caller's transaction."""
-    stored = []
-    for item in batch:
-        message_id = conn.execute(
-            insert(messages)
-            .values(
-                channel=item.channel,
-                mail_from=item.mail_from,
-                rcpt_tos=list(item.rcpt_tos),
-                peer=item.peer,
-                tls=item.tls,
-                received_at=item.received_at,
-                size=len(item.raw),
-                sha256=item.sha256,
-                message_id=item.message_id,
-                raw=item.raw,
-            )
-            .returning(messages.c.id)
-        ).scalar_one()
-        outbox_id = outbox.add(conn, first_step, message_id, item.received_at, lease_until)
-        stored.append(Stored(message_id, outbox_id, first_step))
-    return stored
+    """Write the messages, each with an outbox row for its first step, inside the caller's transaction.
+
+    Two multi-row statements for the whole group, whatever its size: this is the ingest hot path."""
+    message_ids = list(
+        conn.execute(
+            insert(messages).returning(messages.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "channel": item.channel,
+                    "mail_from": item.mail_from,
+                    "rcpt_tos": list(item.rcpt_tos),
+                    "peer": item.peer,
+                    "tls": item.tls,
+                    "received_at": item.received_at,
+                    "size": len(item.raw),
+                    "sha256": item.sha256,
+                    "message_id": item.message_id,
+                    "raw": item.raw,
+                }
+                for item in batch
+            ],
+        ).scalars()
+    )
+    outbox_ids = outbox.add_many(
+        conn,
+        [
+            (first_step, message_id, item.received_at)
+            for message_id, item in zip(message_ids, batch, strict=True)
+        ],
+        lease_until,
+    )
+    return [Stored(m, o, first_step) for m, o in zip(message_ids, outbox_ids, strict=True)]
 
 
 def raw_of(conn: Connection, message_id: int) -> bytes:

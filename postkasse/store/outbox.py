@@ -38,6 +38,25 @@ def add(conn: Connection, kind: str, target_id: int, now: datetime, lease_until:
     return outbox_id
 
 
+def add_many(conn: Connection, rows: list[tuple[str, int, datetime]], lease_until: datetime) -> list[int]:
+    """Outbox rows for (kind, target, created) in one statement; their ids in the same order."""
+    result = conn.execute(
+        insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
+        [
+            {
+                "kind": kind,
+                "target_id": target,
+                "state": "pending",
+                "attempts": 0,
+                "created_at": created,
+                "next_attempt_at": lease_until,
+            }
+            for kind, target, created in rows
+        ],
+    )
+    return list(result.scalars())
+
+
 def claim(conn: Connection, outbox_id: int) -> Work | None:
     """The row if it still needs doing, locked for this transaction; None if done or failed."""
     query = select(outbox.c.id, outbox.c.kind, outbox.c.target_id, outbox.c.attempts).where(
