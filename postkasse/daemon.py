@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
+import anyio.to_thread
 import uvicorn
 
 from postkasse import logs, steps
@@ -29,6 +30,7 @@ from postkasse.workers import Redriver, make_broker, start_worker
 log = logs.get(__name__)
 
 SWITCH_INTERVAL = 0.0005  # seconds; CPython's default is 0.005
+HTTP_THREADS = 16  # API requests handled at once; the rest wait in line rather than for a connection
 
 
 class _Uvicorn(uvicorn.Server):
@@ -43,7 +45,8 @@ class Daemon:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store = Store(settings.database.url)
+        # One connection for each thread that may use the store at once, so none is opened per request.
+        self.store = Store(settings.database.url, pool_size=HTTP_THREADS + settings.broker.worker_threads + 4)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
         self.broker = make_broker(settings)
         self.pipeline = steps.build(settings, self.store, self.clock)
@@ -57,6 +60,7 @@ class Daemon:
         # The event loop gives up the GIL at every socket call and must win it back from the store
         # writer and worker threads; a short switch interval keeps SMTP answers from queueing behind them.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = HTTP_THREADS
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)

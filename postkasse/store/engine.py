@@ -63,7 +63,7 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     return create_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=4,  # beyond the pool a connection is opened and closed per use: keep that rare
         pool_pre_ping=True,
         connect_args={"connect_timeout": 5},
     )
