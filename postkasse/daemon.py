@@ -15,6 +15,7 @@ import uvicorn
 from postkasse import logs, steps
 from postkasse.clock import Clock, SystemClock
 from postkasse.committee.api import Api
+from postkasse.committee.audit import AuditLog
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import Settings
 from postkasse.mailbox.committer import GroupCommitter
@@ -87,6 +88,7 @@ class Daemon:
             pipeline=self.pipeline,
             dispatch=self.actors.dispatch,
             from_address=self.settings.outbound.from_address,
+            audit_log=AuditLog(self.store),
         )
         http = _Uvicorn(
             uvicorn.Config(
@@ -107,6 +109,7 @@ class Daemon:
         await committer.close()
         http.should_exit = True
         await http_task
+        api.audit_log.close()
         redriver.stop()
         if worker is not None:
             await loop.run_in_executor(None, worker.stop)

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from postkasse.clock import FixedClock
 from postkasse.committee import audit, referrals, tokens
 from postkasse.committee.api import Api
+from postkasse.committee.audit import AuditLog
 from postkasse.committee.referrals import NewReferral
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import DEFAULT_MUNICIPALITIES
@@ -85,6 +86,7 @@ def world(store: Store) -> Iterator[World]:
         Pipeline([], store, clock, timedelta(minutes=5)),
         dispatched.extend,
         "postkasse@favrskov.example",
+        AuditLog(store),
     )
     made = {}
     with store.write() as conn:
@@ -303,3 +305,31 @@ def test_errors_are_json_with_a_code(world: World) -> None:
     unknown = world.call("GET", "/api/v1/nowhere", "favrskov")
     assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
     assert re.match(r"^\d+\.\d+\.\d+", world.client.get("/openapi.json").json()["info"]["version"])
+
+
+def test_nothing_is_shown_that_could_not_be_audited(world: World) -> None:
+    broken = AuditLog(Store("postgresql+psycopg://nobody@127.0.0.1:1/none"), timeout=10)
+    world.app.state.api.audit_log = broken
+    try:
+        for path in (
+            f"/api/v1/referrals/{world.ids['favrskov']}",
+            f"/api/v1/referrals/{world.ids['favrskov']}/raw",
+            "/api/v1/municipalities/0710/referrals",
+        ):
+            response = world.call("GET", path, "favrskov")
+            assert response.status_code == 503, path
+            assert response.json()["code"] == "store_unavailable"
+            assert "Anna" not in response.text
+    finally:
+        broken.close()
+
+
+def test_concurrent_reads_share_audit_commits(world: World) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = f"/api/v1/referrals/{world.ids['favrskov']}"
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: world.call("GET", path, "favrskov").status_code, range(40)))
+    assert codes == [200] * 40
+    with world.store.read() as conn:
+        assert len(audit.of_referral(conn, world.ids["favrskov"])) == 40  # every read, once

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from postkasse.clock import FixedClock
 from postkasse.committee import tokens
 from postkasse.committee.api import Api
+from postkasse.committee.audit import AuditLog
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import DEFAULT_MUNICIPALITIES
 from postkasse.pipeline import Pipeline
@@ -37,6 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         Pipeline([], store, clock, timedelta(minutes=5)),
         lambda work: None,
         "postkasse@localhost",
+        AuditLog(store),
     )
     with store.write() as conn:
         committee = tokens.create(conn, "favrskov", "committee", "0710", T0)

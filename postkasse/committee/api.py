@@ -23,7 +23,7 @@ from postkasse.committee import audit, correspondence, referrals, triage, views
 from postkasse.committee.tokens import Authenticator, Principal
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.municipalities import Municipalities
-from postkasse.store import Store
+from postkasse.store import Store, StoreUnavailable
 from postkasse.store.schema import messages
 from postkasse.store.schema import referrals as referrals_table
 
@@ -51,6 +51,7 @@ class Api:
     pipeline: Pipeline
     dispatch: Callable[[Sequence[Next]], None]
     from_address: str
+    audit_log: audit.AuditLog
 
 
 class Decision(BaseModel):
@@ -118,7 +119,7 @@ def create_router(api: Api) -> APIRouter:
         """The municipality's queue, oldest first, a page at a time."""
         if not who.sees(code):
             raise ApiError(404, "not_found", "No such queue.")
-        with api.store.write() as conn:
+        with api.store.read() as conn:
             rows = conn.execute(
                 select(*views.SUMMARY_COLUMNS)
                 .join(messages, messages.c.id == referrals_table.c.message_id)
@@ -130,21 +131,23 @@ def create_router(api: Api) -> APIRouter:
                 .order_by(referrals_table.c.id)
                 .limit(limit)
             ).all()
-            audit.record(
-                conn, who.name, "list", None, api.clock.now(), municipality=code, state=state, count=len(rows)
-            )
+        api.audit_log.record(
+            who.name, "list", None, api.clock.now(), municipality=code, state=state, count=len(rows)
+        )
         items = [views.summary(r) for r in rows]
         return {"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None}
 
     @router.get("/referrals/{referral_id}", tags=["committee"])
     def get_referral(referral_id: ReferralId, who: Caller) -> dict[str, Any]:
         """The referral: facts, routing reasons, sender, attachments, thread and deadline."""
-        with api.store.write() as conn:
+        with api.store.read() as conn:
             visible(conn, who, referral_id)
             found = views.detail(conn, referral_id)
-            assert found is not None
-            referrals.mark_replies_read(conn, referral_id)
-            audit.record(conn, who.name, "read", referral_id, api.clock.now())
+        assert found is not None
+        api.audit_log.record(who.name, "read", referral_id, api.clock.now())
+        if found["unread_reply"]:
+            with api.store.write() as conn:
+                referrals.mark_replies_read(conn, referral_id)
         return found
 
     @router.get(
@@ -154,14 +157,14 @@ def create_router(api: Api) -> APIRouter:
     )
     def get_raw(referral_id: ReferralId, who: Caller) -> Response:
         """The message exactly as it was received."""
-        with api.store.write() as conn:
+        with api.store.read() as conn:
             visible(conn, who, referral_id)
             raw = conn.execute(
                 select(messages.c.raw)
                 .join(referrals_table, referrals_table.c.message_id == messages.c.id)
                 .where(referrals_table.c.id == referral_id)
             ).scalar_one()
-            audit.record(conn, who.name, "read_raw", referral_id, api.clock.now())
+        api.audit_log.record(who.name, "read_raw", referral_id, api.clock.now())
         return Response(raw, media_type="message/rfc822")
 
     @router.post("/referrals/{referral_id}/pull", tags=["committee"])
@@ -274,6 +277,13 @@ def install(app: FastAPI, api: Api) -> None:
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"code": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"code": "store_unavailable", "detail": "The store cannot be reached; try again shortly."},
+            status_code=503,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
