@@ -6,6 +6,7 @@ import hashlib
 import smtplib
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,7 +238,11 @@ def test_sigterm_finishes_the_open_transaction_then_exits_zero(
         client.mail("laege@klinik.example")
         client.rcpt(RCPT)
         assert daemon.proc is not None
+        gone = socket.create_connection(("127.0.0.1", daemon.smtp_port), timeout=30)
+        assert gone.recv(1024).startswith(b"220")
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         daemon.proc.send_signal(15)
+        gone.close()  # a client that vanishes (reset) while the daemon says goodbye must not stop it
 
         def refusing_new_connections() -> bool:
             try:

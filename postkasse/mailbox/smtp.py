@@ -7,6 +7,7 @@ group committer and answers 451 (try again) whenever the store could not take it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections.abc import Iterable
@@ -133,8 +134,12 @@ class MailboxSMTP(SMTP):
         await super().push(status)
 
     async def say_goodbye(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        """Tell the client we are closing (421) and close; a client that already left is no error."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(OSError):
             await self.push("421 4.3.2 Service shutting down; try again later")
+        if self.transport is not None:
             self.transport.close()
 
     def _session_expired(self) -> None:
