@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from results_file import replace_section  # bench/ is the script's folder, first on sys.path
 from sqlalchemy import func, insert, select, text
 
 from postkasse.committee import tokens
@@ -66,7 +67,6 @@ from postkasse.store.schema import message_headers, messages, referral_events, r
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
-RESULTS = BENCH / "RESULTS.md"
 SECTION_BEGIN = "<!-- bench/api.py: begin (replaced by --record) -->"
 SECTION_END = "<!-- bench/api.py: end -->"
 
@@ -976,14 +976,7 @@ def record(
             "",
         ]
     )
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    start, end = current.find(SECTION_BEGIN), current.find(SECTION_END)
-    if start != -1 and end > start:
-        current = current[:start] + section + current[end + len(SECTION_END) :].lstrip("\n")
-    else:
-        current = current.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(current)
-    print(f"recorded in {RESULTS.relative_to(PROJECT)}")
+    replace_section(section, SECTION_BEGIN, SECTION_END)
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -43,11 +43,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from results_file import replace_section  # bench/ is the script's folder, first on sys.path
+
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
 TOOLS = BENCH / ".tools"
 OUT = BENCH / "out"
-RESULTS = BENCH / "RESULTS.md"
 
 HOST = "127.0.0.1"
 RECIPIENT = "postkasse@localhost"  # the only mailbox the daemon takes mail for; others get 550
@@ -694,14 +695,7 @@ def record(
             "",
         ]
     )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n\n"
-    start, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(SECTION_END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-    print(f"recorded in {RESULTS.relative_to(PROJECT)}")
+    replace_section(section, SECTION_BEGIN, SECTION_END)
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
+from results_file import replace_section  # bench/ is the script's folder, first on sys.path
 from sqlalchemy import Connection, select
 
 from postkasse.config import DEFAULT_MUNICIPALITIES
@@ -69,7 +70,6 @@ from postkasse.store.schema import postal_codes, registry_persons
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
-RESULTS = BENCH / "RESULTS.md"
 POSTNORD = PROJECT.parent / "shared" / "refdata" / "raw" / "dk-postals__postals.csv"
 
 SECTION_BEGIN = "<!-- bench/route.py: begin (replaced by --record) -->"
@@ -708,14 +708,7 @@ def record(res: Results, argv: Sequence[str]) -> None:
             "",
         ]
     )
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"  # read just before writing
-    start, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(SECTION_END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-    print(f"recorded in {RESULTS.relative_to(PROJECT)}")
+    replace_section(section, SECTION_BEGIN, SECTION_END)
 
 
 # --- command line -----------------------------------------------------------------------------------
