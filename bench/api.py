@@ -301,9 +301,10 @@ def fill(store: Store, count: int, codes: Sequence[str], seed: int) -> Filled:
     if written != count:
         raise BenchError(f"wrote {count} referrals but the store holds {written}")
     if store.dialect == "postgresql":
-        # What autovacuum does shortly after a bulk load; without it the planner has no statistics yet.
+        # What autovacuum does soon after a bulk load (statistics for the planner, the visibility map),
+        # done now so that it does not run, and take CPU, during the measurements.
         with store.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM (ANALYZE)"))
     filled = Filled(
         count, committee_ids, committee_new, states, raw_bytes / count, time.perf_counter() - started
     )
@@ -403,7 +404,7 @@ class PostgresStore(BenchStore):
         return (
             f"PostgreSQL {s['server_version'].split()[0]} on {urlsplit(self.admin_url).hostname}, "
             f"synchronous_commit={s['synchronous_commit']}, shared_buffers={s['shared_buffers']}; "
-            "a fresh database, ANALYZEd after the load"
+            "a fresh database, VACUUM (ANALYZE) after the load"
         )
 
     def size(self) -> str:
@@ -888,8 +889,23 @@ def machine() -> str:
     )
 
 
+def code_version() -> str:
+    """The commit of the code under test, and whether postkasse/ differs from it (read-only git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "postkasse"], cwd=PROJECT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"commit {commit}" + (" with uncommitted changes under postkasse/" if changed else "")
+
+
 def record(
     phases: Sequence[Phase],
+    code: str,
     fills: dict[str, tuple[Filled, str]],
     stores: Sequence[BenchStore],
     args: argparse.Namespace,
@@ -929,6 +945,7 @@ def record(
             f"- Command: `{shlex.join(['.venv/bin/python', 'bench/api.py', *argv])}`",
             f"- Date: {when}",
             f"- Machine: {machine()}",
+            f"- Code: {code}",
             f"- CPU steal during the phases {min(steal):.0%}–{max(steal):.0%}, other processes "
             f"{min(other):.0%}–{max(other):.0%} of all CPU time (from /proc/stat)",
             *(f"- Store: {s.describe()}" for s in stores),
@@ -1013,6 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     print(f"{machine()}", flush=True)
+    code = code_version()
     phases: list[Phase] = []
     fills: dict[str, tuple[Filled, str]] = {}
     stores: list[BenchStore] = []
@@ -1034,7 +1052,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for v in verdicts(phases, args.clients):
         print(v.replace("**", ""))
     if args.record:
-        record(phases, fills, stores, args, argv)
+        after = code_version()
+        record(
+            phases,
+            code if after == code else f"{code}, then {after} (changed during the run)",
+            fills,
+            stores,
+            args,
+            argv,
+        )
     return 0
 
 
