@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesHeaderParser
 from email.utils import make_msgid
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Row, select
 
 from postkasse import metrics
 from postkasse.committee.referrals import earlier_copy, for_message
@@ -101,9 +102,9 @@ class SendReceipt:
             f"{municipality.name}s koordinationsudvalg" if municipality else "kommunens koordinationsudvalg"
         )
 
-    def _what_happened(self, conn: Connection, message: object) -> tuple[int, str, datetime | None, bool]:
-        message_id: int = getattr(message, "id")  # noqa: B009 - a Row
-        received_at: datetime = getattr(message, "received_at")  # noqa: B009
+    def _what_happened(self, conn: Connection, message: Row[Any]) -> tuple[int, str, datetime | None, bool]:
+        message_id: int = message.id
+        received_at: datetime = message.received_at
         referral = for_message(conn, message_id)
         repeated = False
         if referral is None:
