@@ -37,12 +37,8 @@ import http.client
 import json
 import math
 import os
-import platform
 import random
 import resource
-import shlex
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -55,15 +51,29 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from results_file import replace_section  # bench/ is the script's folder, first on sys.path
+from common import (  # bench/ is the script's folder, first on sys.path
+    BenchError,
+    code_version,
+    command,
+    create_database,
+    drop_database,
+    free_port,
+    machine_line,
+    postgres_settings,
+    record_section,
+    terminate,
+)
 from sqlalchemy import func, insert, select, text
 
 from postkasse.committee import tokens
 from postkasse.config import DEFAULT_MUNICIPALITIES
+from postkasse.deadlines.rules import Rules
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Store
 from postkasse.store.migrate import upgrade
 from postkasse.store.schema import message_headers, messages, referral_events, referrals
+
+RULES = Rules()
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -78,10 +88,6 @@ BATCH = 2000
 SEED = 2026
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-class BenchError(Exception):
-    """The benchmark could not produce a valid number; the message says why."""
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -245,6 +251,7 @@ def fill(store: Store, count: int, codes: Sequence[str], seed: int) -> Filled:
                 }
             )
             urgent = rng.random() < 0.1
+            warn_at, due_at = RULES.handling(received)
             rows_r.append(
                 {
                     "id": i,
@@ -265,6 +272,10 @@ def fill(store: Store, count: int, codes: Sequence[str], seed: int) -> Filled:
                     "unread_reply": False,
                     "outcome": "forwarded" if state == "handled" else None,
                     "outcome_detail": "PPR" if state == "handled" else None,
+                    "received_at": received,
+                    "queued_at": received if municipality else None,
+                    "warn_at": warn_at,
+                    "due_at": due_at,
                     "created_at": received,
                     "updated_at": received,
                 }
@@ -380,22 +391,13 @@ class PostgresStore(BenchStore):
         self.admin_url = admin_url
         self.libpq_admin = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, ""))
         self.database: str | None = None
-        try:
-            with psycopg.connect(self.libpq_admin, autocommit=True, connect_timeout=5) as conn:
-                found = {}
-                for setting in ("server_version", "synchronous_commit", "shared_buffers"):
-                    row = conn.execute(f"SHOW {setting}").fetchone()
-                    found[setting] = str(row[0]) if row else "?"
-        except psycopg.Error as exc:
-            raise BenchError(f"PostgreSQL at {admin_url} cannot be used: {exc}") from exc
-        self.settings = found
+        self.settings = postgres_settings(
+            self.libpq_admin, ("server_version", "synchronous_commit", "shared_buffers"), admin_url
+        )
 
     def create(self) -> str:
-        from psycopg import sql
-
         self.database = f"bench_api_{random.SystemRandom().getrandbits(40):010x}"
-        with self.psycopg.connect(self.libpq_admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        create_database(self.libpq_admin, self.database)
         parts = urlsplit(self.admin_url)
         return urlunsplit((parts.scheme, parts.netloc, "/" + self.database, parts.query, ""))
 
@@ -415,12 +417,7 @@ class PostgresStore(BenchStore):
     def drop(self) -> None:
         if self.database is None:
             return
-        from psycopg import sql
-
-        with self.psycopg.connect(self.libpq_admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database))
-            )
+        drop_database(self.libpq_admin, self.database)
         self.database = None
 
     def postgres(self) -> bool:
@@ -436,13 +433,6 @@ class PostgresStore(BenchStore):
 
 
 # --- the server ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _ready(port: int) -> bool:
@@ -472,9 +462,7 @@ class Server:
 @contextlib.contextmanager
 def serve(database_url: str, workdir: Path) -> Iterator[Server]:
     """`python -m postkasse serve` on `database_url`, once /readyz answers 200; stopped with SIGTERM."""
-    smtp_port, http_port = free_port(), free_port()
-    while http_port == smtp_port:
-        http_port = free_port()
+    smtp_port, http_port = free_port(HOST), free_port(HOST)
     config = workdir / "postkasse.toml"
     config.write_text(
         "# written by bench/api.py\n"
@@ -502,13 +490,7 @@ def serve(database_url: str, workdir: Path) -> Iterator[Server]:
             time.sleep(0.1)
         yield Server(http_port, proc.pid, log, proc)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout=30)
 
 
 # --- the load ------------------------------------------------------------------------------------
@@ -874,35 +856,6 @@ def verdicts(phases: Sequence[Phase], clients: int) -> list[str]:
     return out
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for row in Path("/proc/cpuinfo").read_text().splitlines():
-            if row.startswith("model name"):
-                return row.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def machine() -> str:
-    return (
-        f"{os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
-    )
-
-
-def code_version() -> str:
-    """The commit of the code under test, and whether postkasse/ differs from it (read-only git)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--", "postkasse"], cwd=PROJECT, capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "not a git checkout"
-    return f"commit {commit}" + (" with uncommitted changes under postkasse/" if changed else "")
-
-
 def record(
     phases: Sequence[Phase],
     code: str,
@@ -937,14 +890,14 @@ def record(
         if not args.think_ms
         else f"each concurrent client pauses before every request (exponential, mean {args.think_ms:.0f} ms)"
     )
-    section = "\n".join(
+    record_section(
+        SECTION_BEGIN,
+        SECTION_END,
+        "## API: committee queue page and one referral, 100,000 referrals (bench/api.py)",
         [
-            SECTION_BEGIN,
-            "## API: committee queue page and one referral, 100,000 referrals (bench/api.py)",
-            "",
-            f"- Command: `{shlex.join(['.venv/bin/python', 'bench/api.py', *argv])}`",
+            command("api.py", argv),
             f"- Date: {when}",
-            f"- Machine: {machine()}",
+            f"- Machine: {machine_line()}",
             f"- Code: {code}",
             f"- CPU steal during the phases {min(steal):.0%}–{max(steal):.0%}, other processes "
             f"{min(other):.0%}–{max(other):.0%} of all CPU time (from /proc/stat)",
@@ -989,11 +942,8 @@ def record(
                 if any(p.reconnects for p in phases)
                 else []
             ),
-            SECTION_END,
-            "",
-        ]
+        ],
     )
-    replace_section(section, SECTION_BEGIN, SECTION_END)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -1029,7 +979,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    print(f"{machine()}", flush=True)
+    print(f"{machine_line()}", flush=True)
     code = code_version()
     phases: list[Phase] = []
     fills: dict[str, tuple[Filled, str]] = {}

@@ -26,11 +26,8 @@ import contextlib
 import datetime as dt
 import http.client
 import os
-import platform
 import resource
 import secrets
-import shlex
-import signal
 import socket
 import sqlite3
 import statistics
@@ -43,7 +40,20 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from results_file import replace_section  # bench/ is the script's folder, first on sys.path
+from common import (  # bench/ is the script's folder, first on sys.path
+    BenchError,
+    command,
+    create_database,
+    drop_database,
+    free_port,
+    machine_line,
+    postgres_settings,
+    record_section,
+    terminate,
+)
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # the project, for tests.debtools
+from tests.debtools import DebianToolError, debian_package
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -75,10 +85,6 @@ def section_markers(workers: str) -> tuple[str, str]:
     )
 
 
-class BenchError(Exception):
-    """The benchmark could not produce a valid number; the message says why."""
-
-
 # --- the load client -----------------------------------------------------------------------------
 
 
@@ -98,50 +104,19 @@ class SmtpSource:
 
 def ensure_smtp_source(tools: Path) -> SmtpSource:
     """smtp-source from Debian's postfix package, fetched and unpacked into `tools` when missing."""
-    root = tools / "postfix"
-    binary = root / "usr/sbin/smtp-source"
-    version_file = root / "VERSION"
-    if not binary.exists() or not version_file.exists():
-        tools.mkdir(parents=True, exist_ok=True)
-        debs = sorted(tools.glob("postfix_*.deb"))
-        if not debs:
-            _apt_download_postfix(tools)
-            debs = sorted(tools.glob("postfix_*.deb"))
-            if not debs:
-                raise BenchError(f"apt-get download postfix left no postfix_*.deb in {tools}")
-        deb = debs[-1]
-        _run(["dpkg-deb", "-x", str(deb), str(root)], what="dpkg-deb -x")
-        version = _run(["dpkg-deb", "-f", str(deb), "Version"], what="dpkg-deb -f").strip()
-        version_file.write_text(version + "\n")
-    tool = SmtpSource(binary, root / "usr/lib/postfix", version_file.read_text().strip())
+    try:
+        postfix = debian_package("postfix", tools)
+        tool = SmtpSource(postfix.binary("smtp-source"), postfix.root / "usr/lib/postfix", postfix.version)
+    except DebianToolError as exc:
+        raise BenchError(str(exc)) from exc
     # With no arguments it prints its usage and exits 1; anything else means it cannot start.
-    probe = subprocess.run([str(binary)], env=tool.env(), capture_output=True, text=True, check=False)
+    probe = subprocess.run([str(tool.binary)], env=tool.env(), capture_output=True, text=True, check=False)
     if "usage:" not in probe.stderr:
         raise BenchError(
             f"smtp-source does not start: {probe.stderr.strip()}\n"
             f"install the libraries Debian's postfix depends on: dpkg-deb -f {tools}/postfix_*.deb Depends"
         )
     return tool
-
-
-def _apt_download_postfix(tools: Path) -> None:
-    """`apt-get download postfix` (only the .deb: nothing is installed), updating the lists once if needed."""
-    command = ["apt-get", "download", "postfix"]
-    first = subprocess.run(command, cwd=tools, capture_output=True, text=True, check=False)
-    if first.returncode == 0:
-        return
-    print("apt-get download postfix failed; running apt-get update once", file=sys.stderr)
-    _run(["apt-get", "update"], what="apt-get update")
-    _run(command, what="apt-get download postfix", cwd=tools)
-
-
-def _run(command: Sequence[str], *, what: str, cwd: Path | None = None) -> str:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise BenchError(
-            f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
-        )
-    return result.stdout
 
 
 @dataclass(frozen=True)
@@ -246,13 +221,6 @@ class Server:
     pid: int
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait(
     ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 60.0
 ) -> None:
@@ -295,19 +263,13 @@ def _process(
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc, timeout=60)
 
 
 @contextlib.contextmanager
 def bare_server(log: Path) -> Iterator[Server]:
     """The baseline in its own process (this file with --bare-server), once it answers 220."""
-    port = free_port()
+    port = free_port(HOST)
     with _process([sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)], log) as proc:
         _wait(lambda: _smtp_banner(port), proc, log, "the bare aiosmtpd server")
         yield Server(port, proc.pid)
@@ -323,9 +285,7 @@ def postkasse(database_url: str, log_level: str, name: str, workers: str = "embe
     workers: `embedded` runs the pipeline inside serve (the default set-up); `process` hands it over Redis
     to a `postkasse worker` process, as in production; `none` leaves it queued in Redis and the outbox,
     which measures ingest alone."""
-    smtp_port, http_port = free_port(), free_port()
-    while http_port == smtp_port:
-        http_port = free_port()
+    smtp_port, http_port = free_port(HOST), free_port(HOST)
     config = OUT / f"{name}.toml"
     namespace = f"bench-{secrets.token_hex(4)}"
     broker_url = "" if workers == "embedded" else REDIS_URL
@@ -468,15 +428,7 @@ class PostgresStore:
         self.psycopg = psycopg
         self.admin_url = admin_url
         self.database: str | None = None
-        try:
-            with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-                settings = {}
-                for name in ("server_version", "synchronous_commit", "fsync"):
-                    row = conn.execute(f"SHOW {name}").fetchone()
-                    settings[name] = str(row[0]) if row else "?"
-        except psycopg.Error as exc:
-            raise BenchError(f"PostgreSQL at {admin_url} cannot be used: {exc}") from exc
-        self.settings = settings
+        self.settings = postgres_settings(admin_url, ("server_version", "synchronous_commit", "fsync"))
 
     def describe(self) -> str:
         s = self.settings
@@ -491,11 +443,8 @@ class PostgresStore:
         return urlunsplit((scheme, parts.netloc, "/" + self.database, parts.query, ""))
 
     def create(self, name: str) -> str:
-        from psycopg import sql
-
         self.database = f"bench_{secrets.token_hex(6)}"
-        with self.psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        create_database(self.admin_url, self.database)
         return self._url("postgresql+psycopg")
 
     def count(self) -> int:
@@ -506,12 +455,7 @@ class PostgresStore:
     def drop(self) -> None:
         if self.database is None:
             return
-        from psycopg import sql
-
-        with self.psycopg.connect(self.admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database))
-            )
+        drop_database(self.admin_url, self.database)
         self.database = None
 
 
@@ -648,16 +592,6 @@ def verdicts(results: Results) -> list[str]:
     return out
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, Python {platform.python_version()}"
-
-
 def record(
     results: Results, tool: SmtpSource, stores: Sequence[Store], argv: Sequence[str], workers: str
 ) -> None:
@@ -666,15 +600,15 @@ def record(
     load = results.load
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     per_connection = "kept open (-d)" if load.keep_connections else "one message per connection"
-    section = "\n".join(
+    record_section(
+        SECTION_BEGIN,
+        SECTION_END,
+        f"## SMTP ingest: durable 250 against a bare aiosmtpd server (workers: {workers})",
         [
-            SECTION_BEGIN,
-            f"## SMTP ingest: durable 250 against a bare aiosmtpd server (workers: {workers})",
-            "",
             f"- Layout: {WORKER_LAYOUTS[workers]}",
-            f"- Command: `{shlex.join(['.venv/bin/python', 'bench/ingest.py', *argv])}`",
+            command("ingest.py", argv),
             f"- Date: {today}",
-            f"- Machine: {machine()}",
+            f"- Machine: {machine_line(sqlite=False)}",
             f"- Load: Postfix {tool.version} `smtp-source {' '.join(load.args(0)[:-1])} 127.0.0.1:PORT` — "
             f"{load.sessions} sessions, {load.messages} messages of {load.size} bytes of body, "
             f"{per_connection}, loopback",
@@ -691,11 +625,8 @@ def record(
             f"- Noise during the runs: {results.noise()} (steal: time the hypervisor gave to other "
             "guests; other processes: CPU used by anything but the server, smtp-source and PostgreSQL). "
             "Where these are high or uneven the rates vary from run to run.",
-            SECTION_END,
-            "",
-        ]
+        ],
     )
-    replace_section(section, SECTION_BEGIN, SECTION_END)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -761,7 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stores.append(SqliteStore())
         if args.store in ("postgresql", "both"):
             stores.append(PostgresStore(args.pg_admin_url))
-        print(f"smtp-source (Postfix {tool.version}) {' '.join(load.args(0)[:-1])}; {machine()}", flush=True)
+        machine = machine_line(sqlite=False)
+        print(f"smtp-source (Postfix {tool.version}) {' '.join(load.args(0)[:-1])}; {machine}", flush=True)
         results = measure(tool, load, stores, args.runs, args.log_level, args.timeout, args.workers)
     except BenchError as exc:
         print(f"bench/ingest.py: FAILED: {exc}", file=sys.stderr)

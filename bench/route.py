@@ -32,14 +32,10 @@ import cProfile
 import datetime as dt
 import hashlib
 import json
-import os
-import platform
 import pstats
 import random
 import resource
-import shlex
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -53,7 +49,16 @@ from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
-from results_file import replace_section  # bench/ is the script's folder, first on sys.path
+from common import (  # bench/ is the script's folder, first on sys.path
+    BenchError,
+    command,
+    cpu_ticks,
+    current_rss_mb,
+    machine,
+    noise,
+    peak_hwm_mb,
+    record_section,
+)
 from sqlalchemy import Connection, select
 
 from postkasse.config import DEFAULT_MUNICIPALITIES
@@ -91,10 +96,6 @@ FIRST_NAMES = ("Emma", "Ida", "Clara", "Freja", "Alma", "Noah", "Oscar", "Willia
 LAST_NAMES = ("Jensen", "Nielsen", "Hansen", "Pedersen", "Andersen", "Larsen", "Sørensen", "Rasmussen")
 
 
-class BenchError(Exception):
-    """The benchmark could not produce a valid number; the message says why."""
-
-
 # --- measuring ----------------------------------------------------------------------------------
 
 
@@ -103,68 +104,14 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def current_rss_mb() -> float:
-    """Resident set size now (VmRSS)."""
-    return _status_mb("VmRSS")
-
-
-def peak_hwm_mb() -> float:
-    """Peak resident set size of this process image (VmHWM).
-
-    Used in the decision processes instead of ru_maxrss: Linux carries the ru_maxrss of the forked
-    parent over the exec, so a child started from the big benchmark process would report its peak.
-    """
-    return _status_mb("VmHWM")
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks() -> tuple[int, int, int]:
-    """(busy, steal, total) jiffies of all CPUs together, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
-    return user + nice + system + irq + softirq, steal, sum(fields)
-
-
 @contextlib.contextmanager
 def load_meter(into: list[tuple[float, float]]) -> Iterator[None]:
-    """Appends (steal share, CPUs kept busy by other processes) over the time the block ran.
-
-    Steal is CPU time the hypervisor gave to other guests; the other processes' load is the machine's
-    busy time minus this process's own CPU time, in CPUs (2.0 would be both cores of this machine).
-    """
-    busy0, steal0, total0 = cpu_ticks()
+    """Appends (steal share, CPUs kept busy by other processes) over the time the block ran (see `noise`)."""
+    start = cpu_ticks()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     yield
-    busy1, steal1, total1 = cpu_ticks()
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    other = max(0.0, ((busy1 - busy0) / CLK_TCK - cpu) / max(wall, 1e-9))
-    into.append(((steal1 - steal0) / max(1, total1 - total0), other))
-
-
-def machine() -> dict[str, str]:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "kernel": f"Linux {platform.release()}",
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    end = cpu_ticks()
+    into.append(noise(start, end, time.perf_counter() - wall0, time.process_time() - cpu0))
 
 
 # --- generating the data --------------------------------------------------------------------------
@@ -697,18 +644,8 @@ def report_lines(res: Results, markdown: bool) -> list[str]:
 
 def record(res: Results, argv: Sequence[str]) -> None:
     """Replace this script's section of bench/RESULTS.md (or append it), keeping all other text."""
-    section = "\n".join(
-        [
-            SECTION_BEGIN,
-            "## Routing (bench/route.py)",
-            "",
-            f"- Command: `{shlex.join(['.venv/bin/python', 'bench/route.py', *argv])}`",
-            *report_lines(res, markdown=True),
-            SECTION_END,
-            "",
-        ]
-    )
-    replace_section(section, SECTION_BEGIN, SECTION_END)
+    lines = [command("route.py", argv), *report_lines(res, markdown=True)]
+    record_section(SECTION_BEGIN, SECTION_END, "## Routing (bench/route.py)", lines)
 
 
 # --- command line -----------------------------------------------------------------------------------

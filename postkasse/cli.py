@@ -1,4 +1,5 @@
-"""The `postkasse` command: serve, worker, migrate, check-config, refdata, route, triage, token, queue."""
+"""The `postkasse` command: serve, worker, migrate, check-config, refdata, route, triage, deadlines, stats,
+token, queue."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
         return 2
     store = Store(settings.database.url)
     broker = make_broker(settings)
-    Actors(broker, steps.build(settings, store, SystemClock()))
+    pipeline = steps.build(settings, store, SystemClock())
+    Actors(broker, pipeline, steps.periodic(pipeline))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -94,7 +96,11 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from postkasse.clock import COPENHAGEN, SystemClock
-    from postkasse.routing.explain import render
+    from postkasse.medcom.document import MedcomError
+    from postkasse.medcom.intake import document_of, looks_like_medcom
+    from postkasse.medcom.parse import Schemas, parse
+    from postkasse.medcom.parse import facts as medcom_facts
+    from postkasse.routing.explain import render, render_document
     from postkasse.routing.step import RouteMessage
     from postkasse.store import Store
     from postkasse.store.migrate import upgrade
@@ -105,10 +111,43 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         at = datetime.fromisoformat(args.on).replace(hour=12, tzinfo=COPENHAGEN)
     store = Store(settings.database.url)
     upgrade(store)
-    router = RouteMessage.from_settings(settings).router
+    route = RouteMessage.from_settings(settings)
+    channel = "http" if raw.lstrip()[:1] in (b"<", b"{") and looks_like_medcom(raw) else "smtp"
+    document_bytes = document_of(channel, raw)
     with store.read() as conn:
-        decision, facts = router.decide(conn, raw, at)
-    print(render(decision, facts, as_json=args.json))
+        if document_bytes is None:
+            decision, facts = route.router.decide(conn, raw, at)
+            print(render(decision, facts, as_json=args.json))
+            return 0
+        try:
+            document = parse(
+                document_bytes,
+                schemas=Schemas(settings.medcom.schema_dir) if settings.medcom.schema_dir else None,
+            )
+        except MedcomError as exc:
+            print(f"postkasse route: MedCom would refuse it ({exc.refuse_code}): {exc.text}", file=sys.stderr)
+            return 1
+        if document.is_acknowledgement:
+            kind = document.letters[0].kind
+            print(
+                json.dumps(
+                    {
+                        "kind": kind,
+                        "format": document.format,
+                        "envelope": document.envelope_id,
+                        "acknowledgement": True,
+                        "decision": None,
+                    }
+                )
+                if args.json
+                else f"{kind} er en kvittering: den sorteres ikke og besvares ikke."
+            )
+            return 0
+        decided = []
+        for letter in document.letters:
+            found = medcom_facts(letter)
+            decided.append((letter, route.router.decide_facts(conn, found, at), found))
+    print(render_document(document, decided, as_json=args.json))
     return 0
 
 
@@ -130,23 +169,96 @@ def cmd_triage_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_triage_assign(settings: Settings, args: argparse.Namespace) -> int:
     from postkasse.clock import SystemClock
-    from postkasse.committee.referrals import TransitionError, assign
+    from postkasse.committee.referrals import TransitionError
+    from postkasse.committee.triage import assign
+    from postkasse.deadlines.rules import rulebook
     from postkasse.routing.municipalities import Municipalities
-    from postkasse.store import Store
+    from postkasse.store import Store, outbox
 
     if Municipalities.load(settings.routing.municipalities_file).get(args.municipality) is None:
         print(f"postkasse triage assign: {args.municipality} is not a municipality code", file=sys.stderr)
         return 2
     store = Store(settings.database.url)
+    now = SystemClock().now()
     try:
         with store.write() as conn:
-            assign(
-                conn, args.referral, args.municipality, args.note, SystemClock().now(), f"ops:{args.operator}"
+            follow = assign(
+                conn,
+                args.referral,
+                args.municipality,
+                args.note,
+                now,
+                f"ops:{args.operator}",
+                rulebook(settings.deadlines),
             )
+            # Due at once: the running daemon's redriver hands it to the workers within its interval.
+            for kind, target in follow:
+                outbox.add(conn, kind, target, now, now)
     except (TransitionError, LookupError, ValueError) as exc:
         print(f"postkasse triage assign: {exc}", file=sys.stderr)
         return 1
     print(f"referral {args.referral} is now in {args.municipality}'s queue")
+    return 0
+
+
+def cmd_deadlines_report(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from postkasse.clock import COPENHAGEN
+    from postkasse.deadlines.assess import assess
+    from postkasse.deadlines.report import render
+    from postkasse.deadlines.rules import rulebook
+    from postkasse.routing.municipalities import Municipalities
+    from postkasse.store import Store
+
+    try:
+        at = datetime.fromisoformat(args.at)
+    except ValueError:
+        print(f"postkasse deadlines report: --at {args.at!r} is not an ISO 8601 time", file=sys.stderr)
+        return 2
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=COPENHAGEN)  # a time without offset is Danish time
+    municipalities = Municipalities.load(settings.routing.municipalities_file)
+    participating = [m.code for m in municipalities.by_code.values() if m.participating]
+    store = Store(settings.database.url)
+    with store.read() as conn:
+        found = assess(conn, at, rulebook(settings.deadlines), participating)
+    print(render(found, municipalities, as_json=args.json))
+    return 0
+
+
+def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from postkasse.committee.stats import statistics
+    from postkasse.routing.municipalities import Municipalities
+    from postkasse.store import Store
+
+    try:
+        start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    except ValueError:
+        print(
+            f"postkasse stats: --from {args.start!r} and --to {args.end!r} must be days as YYYY-MM-DD",
+            file=sys.stderr,
+        )
+        return 2
+    if start > end:
+        print(f"postkasse stats: --from {start} comes after --to {end}", file=sys.stderr)
+        return 2
+    municipalities = Municipalities.load(settings.routing.municipalities_file)
+    store = Store(settings.database.url)
+    try:
+        with store.read() as conn:
+            found = statistics(conn, start, end, municipalities)
+    except ValueError as exc:
+        print(f"postkasse stats: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.dispose()
+    if args.format == "csv":
+        sys.stdout.write(found.as_csv())
+    else:
+        print(json.dumps(found.as_json(), ensure_ascii=False, indent=2))
     return 0
 
 
@@ -239,7 +351,13 @@ def parser() -> argparse.ArgumentParser:
     importer.set_defaults(func=cmd_refdata_import)
 
     route = sub.add_parser("route", help="show where a message would go, and why, changing nothing")
-    route.add_argument("--explain", dest="file", metavar="FILE", required=True, help="a raw RFC 5322 message")
+    route.add_argument(
+        "--explain",
+        dest="file",
+        metavar="FILE",
+        required=True,
+        help="a raw RFC 5322 message, or a MedCom document (OIOXML, FHIR XML or JSON)",
+    )
     route.add_argument("--json", action="store_true", help="one JSON object for scripts")
     route.add_argument("--on", metavar="YYYY-MM-DD", help="decide as on this day (ages); default today")
     route.set_defaults(func=cmd_route)
@@ -258,6 +376,29 @@ def parser() -> argparse.ArgumentParser:
         "--operator", required=True, help="who decides (recorded in the referral's events)"
     )
     assigning.set_defaults(func=cmd_triage_assign)
+
+    deadlines = sub.add_parser("deadlines", help="daily emptying and handling deadlines").add_subparsers(
+        dest="action", required=True
+    )
+    report = deadlines.add_parser(
+        "report", help="each queue's emptying and every referral in warning or breach, as of a moment"
+    )
+    report.add_argument(
+        "--at",
+        required=True,
+        metavar="ISO-8601-TIME",
+        help="the moment, e.g. 2026-11-27T16:00+01:00 (without an offset: Danish time); nothing is changed",
+    )
+    report.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    report.set_defaults(func=cmd_deadlines_report)
+
+    stats = sub.add_parser(
+        "stats", help="the pilot's numbers per municipality and sender kind, for Danish days FROM to TO"
+    )
+    stats.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="the first day")
+    stats.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD", help="the last, inclusive")
+    stats.add_argument("--format", choices=["json", "csv"], default="json")
+    stats.set_defaults(func=cmd_stats)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="action", required=True)
     new = token.add_parser("new", help="create a token; it is printed once, alone on the last line")

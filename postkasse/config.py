@@ -108,10 +108,19 @@ class OutboxSettings(_Section):
 DEFAULT_MUNICIPALITIES = Path(__file__).resolve().parent.parent / "config" / "municipalities.toml"
 
 
+class SenderKindSettings(_Section):
+    """Envelope address patterns (`*`, `?`) per kind of sender, for the statistics; others are `other`."""
+
+    gp: list[str] = Field(default_factory=list)
+    child_psychiatry: list[str] = Field(default_factory=list)
+    somatic_ward: list[str] = Field(default_factory=list)
+
+
 class RoutingSettings(_Section):
     municipalities_file: Path = DEFAULT_MUNICIPALITIES
     min_age: int = Field(0, ge=0)
     max_age: int = Field(17, ge=0, le=24, description="the target group is 0-17 by default, at most 0-24")
+    sender_kinds: SenderKindSettings = Field(default_factory=lambda: SenderKindSettings())
 
     @model_validator(mode="after")
     def _file_and_ages(self) -> RoutingSettings:
@@ -149,6 +158,125 @@ class ReceiptSettings(_Section):
     max_per_sender_per_hour: int = Field(20, ge=1)
 
 
+class DeadlineRulesSettings(_Section):
+    """One set of deadline rules; see postkasse.deadlines.rules for how they are counted."""
+
+    emptying_warning_hours: float = Field(20.0, gt=0)
+    emptying_breach_hours: float = Field(24.0, gt=0)
+    handling_days: int = Field(8, ge=1, le=60)
+    handling_warning_days: int = Field(2, ge=0)
+    working_days: bool = Field(False, description="count Danish working days instead of calendar days")
+
+    @model_validator(mode="after")
+    def _order(self) -> DeadlineRulesSettings:
+        if self.emptying_warning_hours > self.emptying_breach_hours:
+            raise ValueError("emptying_warning_hours is after emptying_breach_hours")
+        if self.handling_warning_days >= self.handling_days:
+            raise ValueError("handling_warning_days must be fewer than handling_days")
+        return self
+
+
+class DeadlineSettings(DeadlineRulesSettings):
+    """The default rules, each municipality's own (`[deadlines.municipality."0710"]`), and the alerts."""
+
+    check_interval_seconds: float = Field(60.0, gt=0)
+    operations_address: str = Field("", description="alerts go here as well as to the committee")
+    municipality: dict[str, DeadlineRulesSettings] = Field(default_factory=dict)
+
+    @field_validator("municipality")
+    @classmethod
+    def _codes(cls, rules: dict[str, DeadlineRulesSettings]) -> dict[str, DeadlineRulesSettings]:
+        for code in rules:
+            if not (len(code) == 4 and code.isdigit()):
+                raise ValueError(f"{code!r} is not a four-digit municipality code")
+        return rules
+
+    @field_validator("operations_address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if address and "@" not in address:
+            raise ValueError("must be an address")
+        return address
+
+
+class MedcomSettings(_Section):
+    """Who the mailbox is in MedCom's network, and how strictly documents are checked."""
+
+    ean: str = Field("5790000000000", description="our location number (EAN/GLN), the sender of our receipts")
+    sor: str = Field("", description="our SOR id, the sender of our FHIR acknowledgements")
+    name: str = "Den fælles digitale postkasse for børn og unge"
+    receivers: list[str] = Field(
+        default_factory=list,
+        description="identifiers (EAN, SOR) letters may be addressed to; empty: any, or a kommunenummer",
+    )
+    schema_dir: Path | None = Field(
+        None, description="MedCom's XSDs, <yyyy>/<mm>/<dd>/EMessage.xsd; none: no XSD"
+    )
+
+    @field_validator("schema_dir")
+    @classmethod
+    def _directory(cls, directory: Path | None) -> Path | None:
+        if directory is not None and not directory.is_dir():
+            raise ValueError(f"schema directory {directory} does not exist")
+        return directory
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class ImapAccount(_Section):
+    """One mailbox to empty (`[[imap]]`); its password is read from the environment variable it names."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description="a short name of our choosing (a metric label, so never a person's name or address)",
+    )
+    host: str
+    port: int = Field(993, ge=1, le=65535)
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    ca_file: Path | None = Field(None, description="PEM file of a private CA; default: the system's")
+    user: str
+    password_env: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="e.g. POSTKASSE_IMAP_X_PASSWORD"
+    )
+    address: str = Field("", description="the mailbox's address, our envelope recipient; default: user")
+    folder: str = "INBOX"
+    processed_folder: str = "Processed"
+    failed_folder: str = "Failed"
+    poll_interval_seconds: float = Field(60.0, gt=0, description="how often to look when there is no IDLE")
+    idle_renew_seconds: float = Field(
+        600.0, gt=0, le=1740, description="IDLE is ended and begun anew this often"
+    )
+    timeout_seconds: float = Field(60.0, gt=0, description="the longest wait for any answer from the server")
+    max_backoff_seconds: float = Field(300.0, gt=0, description="the longest wait between reconnections")
+    max_message_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="larger messages go to failed_folder"
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> ImapAccount:
+        if not self.address:
+            self.address = self.user
+        if "@" not in self.address:
+            raise ValueError("address must be an address (user is not one, so give address)")
+        self.address = self.address.lower()
+        if self.tls == "none" and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                "a password is never sent without TLS: tls = none is only for a server on loopback"
+            )
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file {self.ca_file} does not exist")
+        if len({self.folder, self.processed_folder, self.failed_folder}) != 3:
+            raise ValueError("folder, processed_folder and failed_folder must be three different folders")
+        if not os.environ.get(self.password_env):
+            raise ValueError(f"the environment variable {self.password_env} (password_env) is not set")
+        return self
+
+    def password(self) -> str:
+        """Read when connecting, so the password is never part of the printed configuration."""
+        return os.environ.get(self.password_env, "")
+
+
 class LogSettings(_Section):
     level: str = "INFO"
     json_format: bool = Field(True, alias="json")
@@ -178,7 +306,18 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
+    deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    medcom: MedcomSettings = Field(default_factory=lambda: MedcomSettings())
+    imap: list[ImapAccount] = Field(default_factory=list, description="mailboxes to empty, `[[imap]]` tables")
     log: LogSettings = Field(default_factory=LogSettings)
+
+    @field_validator("imap")
+    @classmethod
+    def _distinct_accounts(cls, accounts: list[ImapAccount]) -> list[ImapAccount]:
+        names = [account.name for account in accounts]
+        if len(set(names)) != len(names):
+            raise ValueError("two [[imap]] accounts have the same name")
+        return accounts
 
     @classmethod
     def settings_customise_sources(

@@ -12,21 +12,23 @@ from datetime import timedelta
 import anyio.to_thread
 import uvicorn
 
-from postkasse import logs, steps
+from postkasse import logs, steps, workers
 from postkasse.clock import Clock, SystemClock
 from postkasse.committee.api import Api
 from postkasse.committee.audit import AuditLog
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import Settings
+from postkasse.gauges import StoreGauges
 from postkasse.mailbox.committer import GroupCommitter
+from postkasse.mailbox.imap import ImapChannel
 from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
 from postkasse.pipeline import Next
-from postkasse.routing.municipalities import Municipalities
+from postkasse.routing.step import RouteMessage
 from postkasse.store import Store, Stored
 from postkasse.store.migrate import upgrade
 from postkasse.tasks import Actors
 from postkasse.web import create_app
-from postkasse.workers import Redriver, make_broker, start_worker
+from postkasse.workers import make_broker, start_worker
 
 log = logs.get(__name__)
 
@@ -51,7 +53,7 @@ class Daemon:
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
         self.broker = make_broker(settings)
         self.pipeline = steps.build(settings, self.store, self.clock)
-        self.actors = Actors(self.broker, self.pipeline)
+        self.actors = Actors(self.broker, self.pipeline, steps.periodic(self.pipeline))
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
@@ -69,10 +71,17 @@ class Daemon:
 
         embedded = not self.settings.broker.url
         worker = start_worker(self.broker, self.settings.broker.worker_threads) if embedded else None
-        redriver = Redriver(
+        redriver = workers.redriver(
             self.store, self.clock, self.lease, self.actors, self.settings.outbox.redrive_interval_seconds
         )
         redriver.start()
+        # Every daemon asks for the check; when several run, the check itself keeps alerts to one each.
+        deadline_ticker = workers.Periodic(
+            "deadline-ticker",
+            self.settings.deadlines.check_interval_seconds,
+            lambda: self.actors.schedule(steps.DEADLINE_CHECK),
+        )
+        deadline_ticker.start()
 
         committer = GroupCommitter(self.store, steps.FIRST_STEP, self.lease, self._dispatch_stored)
         committer.start()
@@ -80,19 +89,27 @@ class Daemon:
             self.settings.smtp, MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock)
         )
         await smtp.start()
+        imap = ImapChannel(self.settings.imap, committer, self.store, self.clock)
+        imap.start()
+        route = self.pipeline.step(RouteMessage)
+        municipalities, rules = route.router.municipalities, route.rules
         api = Api(
             store=self.store,
             authenticator=Authenticator(self.store),
             clock=self.clock,
-            municipalities=Municipalities.load(self.settings.routing.municipalities_file),
+            municipalities=municipalities,
             pipeline=self.pipeline,
             dispatch=self.actors.dispatch,
             from_address=self.settings.outbound.from_address,
             audit_log=AuditLog(self.store),
+            rules=rules,
+            max_submission_bytes=self.settings.smtp.max_message_bytes,
+            medcom=route.medcom,
         )
+        gauges = StoreGauges(self.store, self.clock, rules, municipalities)
         http = _Uvicorn(
             uvicorn.Config(
-                create_app(self.store, api),
+                create_app(self.store, api, gauges, imap.status),
                 host=self.settings.http.host,
                 port=self.settings.http.port,
                 log_config=None,
@@ -105,11 +122,12 @@ class Daemon:
 
         await self.stop_requested.wait()
         log.info("shutting down")
-        await smtp.stop()
+        await asyncio.gather(smtp.stop(), imap.stop(self.settings.smtp.shutdown_grace_seconds))
         await committer.close()
         http.should_exit = True
         await http_task
         api.audit_log.close()
+        deadline_ticker.stop()
         redriver.stop()
         if worker is not None:
             await loop.run_in_executor(None, worker.stop)

@@ -24,6 +24,7 @@ _QUIET = {
     "dramatiq": logging.INFO,
     "uvicorn.access": logging.WARNING,
     "alembic.runtime.plugins": logging.WARNING,
+    "aioimaplib": logging.WARNING,  # logs what it receives at DEBUG, message bodies included
 }
 
 

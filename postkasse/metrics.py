@@ -30,3 +30,24 @@ OUTBOX_ERRORS = Counter("postkasse_outbox_errors_total", "Outbox attempts that r
 MAIL_SENT = Counter("postkasse_mail_sent_total", "Outgoing mail delivered to the relay", ["kind"])
 MAIL_FAILED = Counter("postkasse_mail_failed_total", "Outgoing mail that failed for good", ["kind"])
 MAIL_SUPPRESSED = Counter("postkasse_receipts_suppressed_total", "Receipts not sent, by rule", ["reason"])
+IMAP_LAST_CYCLE = Gauge(
+    "postkasse_imap_last_cycle_timestamp_seconds",
+    "When the account's folder was last emptied (a poll or IDLE cycle completed); the daemon's start before",
+    ["account"],
+)
+IMAP_TAKEN = Counter(
+    "postkasse_imap_messages_taken_total", "Messages stored from an IMAP account", ["account"]
+)
+IMAP_RECOGNISED = Counter(
+    "postkasse_imap_messages_recognised_total",
+    "Messages found again in an IMAP folder after a crash or failed move, already stored, only moved",
+    ["account"],
+)
+IMAP_FAILED = Counter(
+    "postkasse_imap_messages_failed_total",
+    "Messages moved to the account's failed folder, by reason",
+    ["account", "reason"],
+)
+IMAP_ERRORS = Counter(
+    "postkasse_imap_errors_total", "IMAP sessions ended by an error (followed by a reconnection)", ["account"]
+)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Connection
 
@@ -61,6 +61,7 @@ class Next:
 
 
 Dispatch = Callable[[Sequence[Next]], None]
+S = TypeVar("S")
 
 
 class Pipeline:
@@ -70,9 +71,19 @@ class Pipeline:
         self.clock = clock
         self.lease = lease
 
+    def step(self, kind: type[S]) -> S:
+        """The pipeline's step of this class, for the edges that share its configuration."""
+        found = [step for step in self.steps.values() if type(step) is kind]
+        if len(found) != 1:
+            raise LookupError(f"the pipeline has {len(found)} steps of type {kind.__name__}")
+        return found[0]
+
     def add(self, conn: Connection, follow: Sequence[Follow], now: datetime) -> list[Next]:
         """Write outbox rows for `follow` inside the caller's transaction; dispatch them after the commit."""
-        return [Next(outbox.add(conn, kind, target, now, now + self.lease), kind) for kind, target in follow]
+        if not follow:
+            return []
+        ids = outbox.add_many(conn, [(kind, target, now) for kind, target in follow], now + self.lease)
+        return [Next(outbox_id, kind) for outbox_id, (kind, _) in zip(ids, follow, strict=True)]
 
     def run(self, outbox_id: int, dispatch: Dispatch) -> None:
         """Run the outbox row's step once, if it is still pending. Raises to ask for a retry."""

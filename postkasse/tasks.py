@@ -1,4 +1,5 @@
-"""The dramatiq actors: one per pipeline step, each only hands the outbox id to the pipeline.
+"""The dramatiq actors: one per pipeline step, each only hands the outbox id to the pipeline, and one per
+periodic job, which runs it.
 
 Actors are bound to a broker at start-up (`bind`) rather than at import, so the same definitions
 serve Redis in `postkasse worker`, the in-process broker in `serve`, and the tests.
@@ -6,7 +7,7 @@ serve Redis in `postkasse worker`, the in-process broker in `serve`, and the tes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import dramatiq
 from dramatiq.broker import Broker
@@ -15,14 +16,23 @@ from postkasse import logs, metrics
 from postkasse.pipeline import Next, Pipeline
 
 QUEUE = "postkasse"
+PERIODIC_MAX_AGE_MS = 5 * 60 * 1000
 
 log = logs.get(__name__)
 
 
+Job = Callable[[], Sequence[Next]]
+
+
 class Actors:
-    def __init__(self, broker: Broker, pipeline: Pipeline) -> None:
+    """`periodic` jobs (the deadline check) get an actor each too; a job returns the work it wrote."""
+
+    def __init__(self, broker: Broker, pipeline: Pipeline, periodic: Mapping[str, Job] | None = None) -> None:
         self.broker = broker
         self.by_kind: dict[str, dramatiq.Actor[[int], None]] = {}
+        self.periodic: dict[str, dramatiq.Actor[[], None]] = {}
+        for name, job in (periodic or {}).items():
+            self.periodic[name] = self._periodic(name, job)
         for step in pipeline.steps.values():
 
             def perform(outbox_id: int) -> None:
@@ -36,6 +46,19 @@ class Actors:
                 min_backoff=int(step.min_backoff.total_seconds() * 1000),
                 max_backoff=int(step.max_backoff.total_seconds() * 1000),
             )(perform)
+
+    def _periodic(self, name: str, job: Job) -> dramatiq.Actor[[], None]:
+        def perform() -> None:
+            self.dispatch(job())
+
+        # No retries, and a request left waiting (no worker ran) expires: the next tick asks again anyway.
+        return dramatiq.actor(
+            broker=self.broker, actor_name=name, queue_name=QUEUE, max_retries=0, max_age=PERIODIC_MAX_AGE_MS
+        )(perform)
+
+    def schedule(self, name: str) -> None:
+        """Ask the workers to run the periodic job `name` once."""
+        self.periodic[name].send()
 
     def dispatch(self, work: Sequence[Next], why: str = "new") -> None:
         """Send committed outbox rows to the broker. A failure here only delays: the redriver resends."""

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 
 from postkasse import __version__
 from postkasse.committee.api import Api, install
 from postkasse.store import Store
 
 
-def create_app(store: Store, api: Api | None = None) -> FastAPI:
+def create_app(
+    store: Store,
+    api: Api | None = None,
+    gauges: Collector | None = None,
+    imap_status: Callable[[], dict[str, dict[str, Any]]] | None = None,
+) -> FastAPI:
+    """`gauges` are read at scrape time from a registry of this app's own, beside the process counters.
+
+    `imap_status` gives each IMAP account's state and last error for /readyz. An IMAP server in trouble
+    does not make this instance unready: SMTP and the API still work, and taking the instance out of a
+    load balancer would not bring the IMAP server back; PostkasseImapStalled alerts instead."""
     app = FastAPI(
         title="postkasse",
         version=__version__,
@@ -26,19 +40,26 @@ def create_app(store: Store, api: Api | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"])
-    async def readyz(response: Response) -> dict[str, str]:
+    async def readyz(response: Response) -> dict[str, Any]:
         """The store answers; a load balancer sends no mail here while it does not."""
+        accounts = imap_status() if imap_status is not None else {}
+        imap = {"imap": accounts} if accounts else {}
         if await run_in_threadpool(store.ping):
-            return {"status": "ready"}
+            return {"status": "ready", **imap}
         response.status_code = 503
         return {
             "status": "unavailable",
             "code": "store_unavailable",
             "detail": "The database does not answer.",
+            **imap,
         }
+
+    own = CollectorRegistry(auto_describe=False)
+    if gauges is not None:
+        own.register(gauges)
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest() + generate_latest(own), media_type=CONTENT_TYPE_LATEST)
 
     return app

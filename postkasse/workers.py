@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import dramatiq
@@ -63,26 +64,35 @@ def redrive(
     return sent
 
 
-class Redriver(threading.Thread):
-    """Runs `redrive` for everything pending at start, then for expired leases every interval."""
+class Periodic(threading.Thread):
+    """Runs `job` now and then every `interval` seconds until stopped; a failure is logged and retried."""
 
-    def __init__(self, store: Store, clock: Clock, lease: timedelta, actors: Actors, interval: float) -> None:
-        super().__init__(name="outbox-redriver", daemon=True)
-        self.args = (store, clock, lease, actors)
+    def __init__(self, name: str, interval: float, job: Callable[[], object]) -> None:
+        super().__init__(name=name, daemon=True)
         self.interval = interval
+        self.job = job
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        everything = True
         while True:
             try:
-                redrive(*self.args, everything=everything)
-                everything = False
+                self.job()
             except Exception as exc:
-                log.warning("outbox redrive failed; will try again", error=str(exc))
+                log.warning("periodic job failed; will try again", job=self.name, error=str(exc))
             if self.stopping.wait(self.interval):
                 return
 
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=10)
+
+
+def redriver(store: Store, clock: Clock, lease: timedelta, actors: Actors, interval: float) -> Periodic:
+    """Resends everything pending at start (the broker may have lost it all), then expired leases."""
+    first = [True]
+
+    def job() -> None:
+        redrive(store, clock, lease, actors, everything=first[0])
+        first[0] = False
+
+    return Periodic("outbox-redriver", interval, job)

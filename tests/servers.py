@@ -20,11 +20,22 @@ STARTUP_SECONDS = 60
 _counter = itertools.count()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+_ports_given: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now and never handed out before in this process.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is closed, so two
+    servers of one test (Dovecot's two listeners, serve's SMTP and HTTP) could otherwise get the same port.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

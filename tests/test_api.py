@@ -20,11 +20,13 @@ from postkasse.committee.audit import AuditLog
 from postkasse.committee.referrals import NewReferral
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import DEFAULT_MUNICIPALITIES
+from postkasse.deadlines.rules import RuleBook, Rules
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Received, Store
 from postkasse.store import messages as stored_messages
 from postkasse.store.schema import outgoing_mail, thread
+from postkasse.store.schema import referrals as referrals_table
 from postkasse.web import create_app
 
 T0 = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
@@ -68,6 +70,8 @@ def add_referral(
                 "Anna Hansen",
                 "Henvisning",
                 False,
+                T0,
+                *Rules().handling(T0),
             ),
             T0,
         )
@@ -87,6 +91,7 @@ def world(store: Store) -> Iterator[World]:
         dispatched.extend,
         "postkasse@favrskov.example",
         AuditLog(store),
+        RuleBook(),
     )
     made = {}
     with store.write() as conn:
@@ -209,6 +214,61 @@ def test_returning_a_referral_writes_to_the_sender(world: World) -> None:
     assert response.json()["thread"][0]["direction"] == "to_sender"
 
 
+def test_a_return_reason_code_is_kept_for_the_statistics(world: World) -> None:
+    referral_id = world.ids["favrskov"]
+    world.call("POST", f"/api/v1/referrals/{referral_id}/pull", "favrskov")
+    body = {"outcome": "returned", "reason": "PPR er ikke inddraget", "reason_code": "ppr_not_involved"}
+    decided = world.call("POST", f"/api/v1/referrals/{referral_id}/decision", "favrskov", json=body)
+    assert decided.json()["return_reason"] == "ppr_not_involved"
+    other = world.ids["aarhus"]
+    world.call("POST", f"/api/v1/referrals/{other}/pull", "aarhus")
+    plain = {"outcome": "returned", "reason": "Se vedlagte"}
+    assert (
+        world.call("POST", f"/api/v1/referrals/{other}/decision", "aarhus", json=plain).json()[
+            "return_reason"
+        ]
+        == "other"
+    )
+    unknown = {**body, "reason_code": "bored"}
+    assert (
+        world.call("POST", f"/api/v1/referrals/{other}/decision", "aarhus", json=unknown).status_code == 422
+    )
+
+
+def test_an_exception_stops_the_clock_and_is_audited(world: World) -> None:
+    referral_id = world.ids["favrskov"]
+    listed = world.call("GET", "/api/v1/municipalities/0710/referrals", "favrskov").json()["items"][0]
+    assert listed["deadline_local"] == "2026-04-05T13:00:00+02:00" and listed["deadline_exception"] is None
+    blank = world.call(
+        "POST",
+        f"/api/v1/referrals/{referral_id}/exception",
+        "favrskov",
+        json={"reason": "medical_reason", "note": "  "},
+    )
+    assert (blank.status_code, blank.json()["errors"][0]["field"]) == (422, "note")
+    body = {"reason": "medical_reason", "note": "Barnet er indlagt; lægen beder om at vente"}
+    done = world.call("POST", f"/api/v1/referrals/{referral_id}/exception", "favrskov", json=body)
+    assert (done.status_code, done.json()["deadline_exception"]) == (200, "medical_reason")
+    twice = world.call("POST", f"/api/v1/referrals/{referral_id}/exception", "favrskov", json=body)
+    assert (twice.status_code, twice.json()["code"]) == (409, "invalid_state")
+    with world.store.read() as conn:
+        trail = [(a.actor, a.action, a.detail) for a in audit.of_referral(conn, referral_id)]
+    assert ("favrskov-sag", "exception", {"reason": "medical_reason"}) in trail
+
+
+def test_assigning_an_urgent_referral_alerts_its_committee(world: World) -> None:
+    with world.store.write() as conn:
+        conn.execute(
+            referrals_table.update().where(referrals_table.c.id == world.ids["triage"]).values(urgent=True)
+        )
+    body = {"municipality": "0710", "note": "Skolen oplyser Hinnerup"}
+    assert (
+        world.call("POST", f"/api/v1/triage/{world.ids['triage']}/assign", "ops", json=body).status_code
+        == 200
+    )
+    assert [n.kind for n in world.dispatched] == ["urgent"]
+
+
 def test_a_message_to_the_sender_is_queued_as_mail(world: World) -> None:
     referral_id = world.ids["favrskov"]
     response = world.call(
@@ -265,13 +325,25 @@ SCOPED = {
     ("POST", "/api/v1/referrals/{referral_id}/pull"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/decision"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/messages"): 404,
+    ("POST", "/api/v1/referrals/{referral_id}/exception"): 404,
     ("GET", "/api/v1/triage"): 403,
     ("POST", "/api/v1/triage/{referral_id}/assign"): 403,
+    ("GET", "/api/v1/stats"): 403,
+    ("POST", "/api/v1/messages"): 403,
+    ("GET", "/api/v1/messages/{message_id}/answers"): 403,
+    ("GET", "/api/v1/answers"): 403,
+    ("GET", "/api/v1/answers/{answer_id}"): 403,
+}
+# A sender's own routes: committees and operations are the outsiders there.
+SENDER_ROUTES = {route for route in SCOPED if "/messages" in route[1] and "referrals" not in route[1]} | {
+    ("GET", "/api/v1/answers"),
+    ("GET", "/api/v1/answers/{answer_id}"),
 }
 BODIES = {
     "decision": {"outcome": "closed"},
     "messages": {"text": "hej"},
     "assign": {"municipality": "0751", "note": "x"},
+    "exception": {"reason": "medical_reason", "note": "x"},
 }
 
 
@@ -286,8 +358,9 @@ def test_no_route_lets_one_municipality_see_another(world: World) -> None:
     assert routes == set(SCOPED), "classify every new API route in SCOPED"
     for (method, path), refused in SCOPED.items():
         url = path.replace("{code}", "0751").replace("{referral_id}", str(world.ids["aarhus"]))
+        url = url.replace("{message_id}", "1").replace("{answer_id}", "1")
         body = BODIES.get(path.rsplit("/", 1)[-1])
-        for who in ("favrskov", "sender"):
+        for who in ("favrskov", "ops") if (method, path) in SENDER_ROUTES else ("favrskov", "sender"):
             response = world.call(method, url, who, json=body)
             expected = refused if who == "favrskov" or refused == 403 else 404
             assert response.status_code == expected, (method, path, who, response.text)

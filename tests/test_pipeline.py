@@ -11,11 +11,13 @@ from sqlalchemy import Connection, func, select
 
 from postkasse.clock import FixedClock
 from postkasse.config import DEFAULT_MUNICIPALITIES
+from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox.headers import ParseHeaders
 from postkasse.pipeline import Follow, Next, Pipeline, Step
 from postkasse.receipts.step import SendReceipt
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import AgeRange
+from postkasse.routing.senders import SenderKinds
 from postkasse.routing.step import RouteMessage, Router
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages
@@ -32,7 +34,9 @@ RAW = (
 
 
 def route_step() -> RouteMessage:
-    return RouteMessage(Router(Municipalities.load(DEFAULT_MUNICIPALITIES), AgeRange()))
+    return RouteMessage(
+        Router(Municipalities.load(DEFAULT_MUNICIPALITIES), AgeRange()), RuleBook(), SenderKinds(())
+    )
 
 
 def pipeline(store: Store, clock: FixedClock, first: Step | None = None) -> Pipeline:

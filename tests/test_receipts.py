@@ -14,6 +14,7 @@ from postkasse.clock import FixedClock
 from postkasse.committee import referrals
 from postkasse.committee.referrals import NewReferral
 from postkasse.config import DEFAULT_MUNICIPALITIES
+from postkasse.deadlines.rules import Rules
 from postkasse.pipeline import Next, Pipeline
 from postkasse.receipts.autoreply import refusal
 from postkasse.receipts.relay import Relay
@@ -92,6 +93,8 @@ class Fixture:
                         "Anna Hansen",
                         "x",
                         False,
+                        T0,
+                        *Rules().handling(T0),
                     ),
                     T0,
                 )

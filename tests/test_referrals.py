@@ -13,6 +13,7 @@ from postkasse import cli
 from postkasse.clock import FixedClock
 from postkasse.committee import referrals
 from postkasse.committee.referrals import NewReferral, TransitionError
+from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.policy import ROUTING_FAILED
 from postkasse.store import Received, Store, outbox
@@ -34,7 +35,19 @@ def triaged(conn: Connection, message_id: int) -> int:
     return referrals.create(
         conn,
         NewReferral(
-            message_id, None, "no_cpr", ("no_cpr",), ("Intet CPR.",), (), None, None, "Henvisning", False
+            message_id,
+            None,
+            "no_cpr",
+            ("no_cpr",),
+            ("Intet CPR.",),
+            (),
+            None,
+            None,
+            "Henvisning",
+            False,
+            T0,
+            T0 + timedelta(days=6),
+            T0 + timedelta(days=8),
         ),
         T0,
     )
@@ -44,7 +57,9 @@ def test_triage_assign_pull_decide_with_an_event_for_each(store: Store) -> None:
     message_id = message(store)
     with store.write() as conn:
         referral_id = triaged(conn, message_id)
-        referrals.assign(conn, referral_id, "0710", "Barnet bor i Hinnerup ifølge skolen", T0, "ops:anne")
+        referrals.assign(
+            conn, referral_id, "0710", "Barnet bor i Hinnerup ifølge skolen", T0, "ops:anne", RuleBook()
+        )
         referrals.pull(conn, referral_id, T0 + timedelta(hours=1), "favrskov-sag")
         referrals.decide(
             conn,
@@ -83,7 +98,7 @@ def test_changes_out_of_order_are_refused(store: Store) -> None:
         with pytest.raises(TransitionError, match="is triage"), store.write() as conn:
             change(conn)
     with pytest.raises(ValueError, match="needs a note"), store.write() as conn:
-        referrals.assign(conn, referral_id, "0710", "  ", T0, "ops")
+        referrals.assign(conn, referral_id, "0710", "  ", T0, "ops", RuleBook())
     with pytest.raises(LookupError), store.write() as conn:
         referrals.pull(conn, 999_999, T0, "x")
 
@@ -100,7 +115,7 @@ def test_decisions_need_their_detail(store: Store, outcome: str, detail: str | N
     message_id = message(store)
     with store.write() as conn:
         referral_id = triaged(conn, message_id)
-        referrals.assign(conn, referral_id, "0710", "note", T0, "ops")
+        referrals.assign(conn, referral_id, "0710", "note", T0, "ops", RuleBook())
         referrals.pull(conn, referral_id, T0, "x")
     with pytest.raises(ValueError, match=error), store.write() as conn:
         referrals.decide(conn, referral_id, outcome, detail, None, T0, "x")

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages
 from postkasse.store.migrate import current, drift, upgrade
-from postkasse.store.schema import messages
+from postkasse.store.schema import messages, referrals
 
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)  # the night Denmark moves to summer time
 
@@ -108,3 +108,43 @@ def test_ping_tells_whether_the_store_answers(store: Store) -> None:
         assert conn.execute(text("SELECT 1")).scalar() == 1
     broken = Store("postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert not broken.ping()
+
+
+def test_referrals_from_before_the_deadlines_get_their_times_from_their_history(database_url: str) -> None:
+    """Migration 0004 on a store already in use: deadlines, queue and decision times are filled in."""
+    store = Store(database_url)
+    upgrade(store, "0003")
+    received = datetime(2026, 3, 25, 11, 0, tzinfo=UTC)  # 12:00 CET
+    with store.write() as conn:
+        (saved,) = stored_messages.save(
+            conn, [Received("smtp", "a@b.example", ("pk@x",), "p", True, received, b"x")], "route", received
+        )
+        conn.execute(
+            text(
+                "INSERT INTO referrals (id, message_id, municipality, state, reasons, explanation, flags,"
+                " urgent, outcome, outcome_detail, created_at, updated_at) VALUES (1, :m, '0710', 'handled',"
+                " '[]', '[]', '[]', false, 'returned', 'Mangler oplysninger', :t, :t)"
+            ),
+            {"m": saved.message_id, "t": received.replace(tzinfo=None)},
+        )
+        for action, hours in (("routed", 0), ("pull", 3), ("decide", 30)):
+            conn.execute(
+                text(
+                    "INSERT INTO referral_events (referral_id, at, actor, action, detail)"
+                    " VALUES (1, :at, 'x', :action, '{}')"
+                ),
+                {"at": (received + timedelta(hours=hours)).replace(tzinfo=None), "action": action},
+            )
+    upgrade(store)
+    assert drift(store) == []
+    with store.read() as conn:
+        row = conn.execute(select(referrals)).one()
+    assert (row.received_at, row.queued_at, row.pulled_at, row.handled_at, row.due_at, row.return_reason) == (
+        received,
+        received,
+        received + timedelta(hours=3),
+        received + timedelta(hours=30),
+        datetime(2026, 4, 2, 10, 0, tzinfo=UTC),  # 12:00 CEST, eight days on
+        "other",
+    )
+    store.dispose()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the real servers the test suite talks to are running on loopback:
-# PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379.
+# PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; and that dovecot is installed (not running).
 # Started where installed but stopped; installed with apt-get where missing (needs root).
 set -euo pipefail
 
@@ -49,4 +49,19 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
         --dir /var/lib/redis --logfile /var/log/redis/ci.log
     wait_for Redis redis-cli -h 127.0.0.1 -p 6379 ping
 fi
-log "PostgreSQL and Redis are up"
+# Dovecot: the IMAP tests run throwaway dovecot processes of their own (tests/dovecot.py) on free loopback
+# ports; the system's service is neither needed nor started. A policy-rc.d that answers 101 keeps the
+# package's scripts from starting it (one that is already there is left as it is).
+if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then
+    log "installing dovecot-imapd (without starting its service)"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt_install dovecot-imapd
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+    fi
+fi
+log "PostgreSQL and Redis are up; dovecot is installed for the IMAP tests"

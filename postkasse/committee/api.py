@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from datetime import date
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
@@ -20,17 +22,26 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from postkasse.clock import Clock
 from postkasse.committee import audit, correspondence, referrals, triage, views
+from postkasse.committee.stats import statistics
 from postkasse.committee.tokens import Authenticator, Principal
+from postkasse.deadlines.rules import RuleBook
+from postkasse.mailbox.headers import ParseHeaders
+from postkasse.medcom import store as medcom_store
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.municipalities import Municipalities
-from postkasse.store import Store, StoreUnavailable
+from postkasse.store import Received, Store, Stored, StoreUnavailable
+from postkasse.store import messages as messages_store
 from postkasse.store.schema import messages
 from postkasse.store.schema import referrals as referrals_table
 
+T = TypeVar("T")
+
 PAGE = 50
+SUBMISSION_TYPES = frozenset({"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json"})
 MAX_ID = 2**63 - 1  # the store's ids are 64-bit; anything larger names nothing
 
 ReferralId = Annotated[int, Path(ge=1, le=MAX_ID, description="the referral's id")]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="the id the API gave it")]
 
 
 class ApiError(Exception):
@@ -52,12 +63,23 @@ class Api:
     dispatch: Callable[[Sequence[Next]], None]
     from_address: str
     audit_log: audit.AuditLog
+    rules: RuleBook
+    max_submission_bytes: int = 25 * 1024 * 1024
+    medcom: correspondence.MedcomWriter | None = None
+
+
+ReturnReason = Literal[
+    "missing_information", "ppr_not_involved", "not_target_group", "wrong_municipality", "other"
+]
 
 
 class Decision(BaseModel):
     outcome: Literal["forwarded", "returned", "joint_pathway", "closed"]
     unit: str | None = Field(None, max_length=200, description="the unit forwarded to; needed for forwarded")
     reason: str | None = Field(None, max_length=2000, description="why it is returned; needed for returned")
+    reason_code: ReturnReason | None = Field(
+        None, description="returned: the reason as counted in the statistics; `other` when not given"
+    )
     note: str | None = Field(None, max_length=4000)
 
     @model_validator(mode="after")
@@ -66,6 +88,19 @@ class Decision(BaseModel):
             raise ValueError("unit: forwarding names the unit that takes the case")
         if self.outcome == "returned" and not (self.reason and self.reason.strip()):
             raise ValueError("reason: returning a referral (tilbagevisning) needs the reason")
+        return self
+
+
+class DeadlineException(BaseModel):
+    reason: Literal["authority_case", "medical_reason"] = Field(
+        ..., description="authority_case: sag af myndighedskarakter; medical_reason: lægefagligt hensyn"
+    )
+    note: str = Field(..., min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _note(self) -> DeadlineException:
+        if not self.note.strip():
+            raise ValueError("note: an exception needs a note saying why")
         return self
 
 
@@ -191,7 +226,14 @@ def create_router(api: Api) -> APIRouter:
             row = visible(conn, who, referral_id)
             _change(
                 lambda: referrals.decide(
-                    conn, referral_id, decision.outcome, detail, decision.note, now, who.name
+                    conn,
+                    referral_id,
+                    decision.outcome,
+                    detail,
+                    decision.note,
+                    now,
+                    who.name,
+                    decision.reason_code,
                 )
             )
             audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
@@ -200,13 +242,27 @@ def create_router(api: Api) -> APIRouter:
                 text = correspondence.returned_text(views.reference(referral_id), committee, decision.reason)
                 try:
                     follow = correspondence.write_to_sender(
-                        conn, referral_id, text, who.name, api.from_address, now, committee
+                        conn, referral_id, text, who.name, api.from_address, now, committee, api.medcom
                     )
                     work = api.pipeline.add(conn, follow, now)
                 except correspondence.SenderUnreachable:
                     audit.record(conn, who.name, "return_not_sent", referral_id, now, why="no return address")
             found = views.detail(conn, referral_id)
         api.dispatch(work)
+        assert found is not None
+        return found
+
+    @router.post("/referrals/{referral_id}/exception", tags=["committee"])
+    def record_exception(referral_id: ReferralId, body: DeadlineException, who: Caller) -> dict[str, Any]:
+        """Stop the handling clock: an authority case or a medical reason, with a note. Audited."""
+        now = api.clock.now()
+        with api.store.write() as conn:
+            visible(conn, who, referral_id)
+            _change(
+                lambda: referrals.record_exception(conn, referral_id, body.reason, body.note, now, who.name)
+            )
+            audit.record(conn, who.name, "exception", referral_id, now, reason=body.reason)
+            found = views.detail(conn, referral_id)
         assert found is not None
         return found
 
@@ -225,6 +281,7 @@ def create_router(api: Api) -> APIRouter:
                     api.from_address,
                     now,
                     _committee(api, row.municipality),
+                    api.medcom,
                 )
             except correspondence.SenderUnreachable as exc:
                 raise ApiError(409, "sender_unreachable", str(exc)) from None
@@ -232,6 +289,95 @@ def create_router(api: Api) -> APIRouter:
             work = api.pipeline.add(conn, follow, now)
         api.dispatch(work)
         return {"status": "queued", "reference": views.reference(referral_id)}
+
+    def sender_only(who: Principal) -> None:
+        if who.scope != "sender":
+            raise ApiError(403, "forbidden", "Only a sender's token may submit and fetch MedCom documents.")
+
+    @router.post(
+        "/messages",
+        tags=["senders"],
+        status_code=202,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {t: {"schema": {"type": "string"}} for t in sorted(SUBMISSION_TYPES)},
+            }
+        },
+    )
+    async def submit(request: Request, who: Caller) -> JSONResponse:
+        """A MedCom document (OIOXML, FHIR XML or JSON). 202 once it is stored; its receipt or
+        acknowledgement is fetched from `answers` when ready."""
+        sender_only(who)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in SUBMISSION_TYPES:
+            raise ApiError(
+                415, "unsupported_media_type", f"Send one of {', '.join(sorted(SUBMISSION_TYPES))}."
+            )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > api.max_submission_bytes:
+            raise ApiError(413, "too_large", f"A document may be at most {api.max_submission_bytes} bytes.")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > api.max_submission_bytes:
+                raise ApiError(
+                    413, "too_large", f"A document may be at most {api.max_submission_bytes} bytes."
+                )
+        if not body.strip():
+            raise ApiError(422, "invalid_request", "body: the document is empty.")
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+        received = Received(
+            "http", f"api:{who.name}", (), peer, request.url.scheme == "https", api.clock.now(), bytes(body)
+        )
+        stored = await run_in_threadpool(_store_submission, api, received)
+        api.dispatch([Next(stored.outbox_id, stored.kind)])
+        return JSONResponse(
+            {
+                "message": stored.message_id,
+                "status": "accepted",
+                "answers": f"/api/v1/messages/{stored.message_id}/answers",
+            },
+            status_code=202,
+        )
+
+    @router.get("/messages/{message_id}/answers", tags=["senders"])
+    def message_answers(message_id: ItemId, who: Caller) -> dict[str, Any]:
+        """The answers to one submitted document: `pending` until it has been read and routed."""
+        sender_only(who)
+        with api.store.read() as conn:
+            owner = conn.execute(select(messages.c.mail_from).where(messages.c.id == message_id)).scalar()
+            if owner != f"api:{who.name}":
+                raise ApiError(404, "not_found", "No such message from this sender.")
+            found = medcom_store.answers_for(conn, message_id)
+            done = found or medcom_store.was_read(conn, message_id)
+        return {"message": message_id, "status": "done" if done else "pending", "answers": found}
+
+    @router.get("/answers", tags=["senders"])
+    def list_answers(
+        who: Caller,
+        cursor: Annotated[int, Query(ge=0, le=MAX_ID, description="the last id of the previous page")] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = PAGE,
+    ) -> dict[str, Any]:
+        """Every answer and committee document for this sender, oldest first: the sender's inbox."""
+        sender_only(who)
+        with api.store.read() as conn:
+            items = medcom_store.answers_to(conn, f"api:{who.name}", cursor, limit)
+        return {"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None}
+
+    @router.get(
+        "/answers/{answer_id}",
+        tags=["senders"],
+        responses={200: {"content": {t: {} for t in sorted(SUBMISSION_TYPES)}}},
+    )
+    def get_answer(answer_id: ItemId, who: Caller) -> Response:
+        """One answer document, byte for byte, in the format the sender's document came in."""
+        sender_only(who)
+        with api.store.read() as conn:
+            found = medcom_store.answer(conn, answer_id, f"api:{who.name}")
+        if found is None:
+            raise ApiError(404, "not_found", "No such answer for this sender.")
+        return Response(found.body, media_type=found.content_type)
 
     @router.get("/triage", tags=["operations"])
     def list_triage(who: Caller) -> dict[str, Any]:
@@ -250,11 +396,48 @@ def create_router(api: Api) -> APIRouter:
             raise ApiError(422, "invalid_request", "municipality: no municipality has that code.")
         now = api.clock.now()
         with api.store.write() as conn:
-            _change(lambda: referrals.assign(conn, referral_id, body.municipality, body.note, now, who.name))
+            follow = _change(
+                lambda: triage.assign(
+                    conn, referral_id, body.municipality, body.note, now, who.name, api.rules
+                )
+            )
             audit.record(conn, who.name, "assign", referral_id, now, municipality=body.municipality)
+            work = api.pipeline.add(conn, follow, now)
+        api.dispatch(work)
         return {"id": referral_id, "state": "new", "municipality": body.municipality}
 
+    def ops_scope(who: Caller) -> None:
+        """Refuses other tokens before the query is validated, so they learn nothing from a 422."""
+        ops_only(who)
+
+    @router.get("/stats", tags=["operations"], dependencies=[Depends(ops_scope)])
+    def get_stats(
+        who: Caller,
+        start: Annotated[date, Query(alias="from", description="the first Danish day, YYYY-MM-DD")],
+        end: Annotated[date, Query(alias="to", description="the last Danish day, inclusive")],
+    ) -> JSONResponse:
+        """The pilot's numbers per municipality and sender kind: counts only, no personal data."""
+        if start > end:
+            raise ApiError(422, "invalid_request", "from: the first day of the period comes after `to`.")
+        try:
+            with api.store.read() as conn:
+                found = statistics(conn, start, end, api.municipalities)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"{exc}.") from None
+        api.audit_log.record(
+            who.name, "stats", None, api.clock.now(), **{"from": start.isoformat(), "to": end.isoformat()}
+        )
+        return JSONResponse(found.as_json())
+
     return router
+
+
+def _store_submission(api: Api, received: Received) -> Stored:
+    with api.store.write() as conn:
+        (stored,) = messages_store.save(
+            conn, [received], ParseHeaders.name, received.received_at + api.pipeline.lease
+        )
+    return stored
 
 
 def _committee(api: Api, code: str | None) -> str:
@@ -262,9 +445,9 @@ def _committee(api: Api, code: str | None) -> str:
     return f"{municipality.name}s koordinationsudvalg" if municipality else "kommunens koordinationsudvalg"
 
 
-def _change(change: Callable[[], None]) -> None:
+def _change(change: Callable[[], T]) -> T:
     try:
-        change()
+        return change()
     except LookupError:
         raise NOT_FOUND from None
     except referrals.TransitionError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from email.message import Message
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -33,7 +33,14 @@ def write_to_sender(
     from_address: str,
     now: datetime,
     committee: str,
+    medcom: MedcomWriter | None = None,
 ) -> list[Follow]:
+    """The committee's message to the sender: as mail, or as MedCom when the referral came as MedCom."""
+    sent = medcom.write(conn, referral_id, text, now) if medcom is not None else None
+    if sent is not None:
+        follow, outgoing_id = sent
+        _on_thread(conn, referral_id, now, author, text, outgoing_id)
+        return follow
     row = conn.execute(
         select(
             referrals.c.id, referrals.c.message_id, messages.c.mail_from, messages.c.message_id.label("mid")
@@ -60,6 +67,13 @@ def write_to_sender(
         answers_message=row.message_id,
         now=now,
     )
+    _on_thread(conn, referral_id, now, author, text, outgoing_id)
+    return [("send", outgoing_id)]
+
+
+def _on_thread(
+    conn: Connection, referral_id: int, now: datetime, author: str, text: str, outgoing_id: int | None
+) -> None:
     conn.execute(
         insert(thread).values(
             referral_id=referral_id,
@@ -70,7 +84,12 @@ def write_to_sender(
             outgoing_id=outgoing_id,
         )
     )
-    return [("send", outgoing_id)]
+
+
+class MedcomWriter(Protocol):
+    def write(
+        self, conn: Connection, referral_id: int, text: str, now: datetime
+    ) -> tuple[list[Follow], int | None] | None: ...
 
 
 def match_reply(conn: Connection, envelope_sender: str, headers: Message) -> int | None:
@@ -85,14 +104,20 @@ def match_reply(conn: Connection, envelope_sender: str, headers: Message) -> int
         if found is not None:
             return int(found)
     referral_id = referral_from_reference(str(headers.get("Subject", "")))
-    if referral_id is None or not envelope_sender:
+    if referral_id is None or not sent_by(conn, referral_id, envelope_sender):
         return None
-    original_sender = conn.execute(
+    return referral_id
+
+
+def sent_by(conn: Connection, referral_id: int, sender: str) -> bool:
+    """Whether `sender` sent the message the referral came from: only its own sender may add to a thread
+    by naming the reference."""
+    original = conn.execute(
         select(messages.c.mail_from)
         .join(referrals, referrals.c.message_id == messages.c.id)
         .where(referrals.c.id == referral_id)
     ).scalar_one_or_none()
-    return referral_id if original_sender and original_sender.lower() == envelope_sender.lower() else None
+    return bool(original and sender) and str(original).lower() == sender.lower()
 
 
 def attach_reply(

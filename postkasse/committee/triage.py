@@ -11,6 +11,9 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from postkasse.committee import referrals as referral_states
+from postkasse.deadlines.rules import RuleBook
+from postkasse.pipeline import Follow
 from postkasse.routing.policy import TRIAGE_TEXT
 from postkasse.store.schema import messages, referrals
 
@@ -55,3 +58,18 @@ def _sentence(reason: str | None, explanation: list[str]) -> str:
     standard = TRIAGE_TEXT.get(reason or "", "")
     lines = [line for line in explanation if not line.startswith("Afgørelse")]
     return lines[-1] if lines else standard
+
+
+def assign(
+    conn: Connection,
+    referral_id: int,
+    municipality: str,
+    note: str,
+    now: datetime,
+    actor: str,
+    rules: RuleBook,
+) -> list[Follow]:
+    """An operator sends a triaged referral to a municipality; an urgent one alerts that committee now."""
+    referral_states.assign(conn, referral_id, municipality, note, now, actor, rules)
+    urgent = conn.execute(select(referrals.c.urgent).where(referrals.c.id == referral_id)).scalar_one()
+    return [("urgent", referral_id)] if urgent else []

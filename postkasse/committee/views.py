@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from postkasse.deadlines import handling_deadline
+from postkasse.clock import COPENHAGEN
 from postkasse.store.schema import message_headers, messages, referrals, thread
 
 REFERENCE = re.compile(r"\bPK-(\d{6,12})\b")
@@ -34,7 +34,9 @@ SUMMARY_COLUMNS = (
     referrals.c.flags,
     referrals.c.unread_reply,
     referrals.c.outcome,
-    messages.c.received_at,
+    referrals.c.received_at,
+    referrals.c.due_at,
+    referrals.c.exception,
 )
 
 
@@ -45,7 +47,9 @@ def summary(row: Any) -> dict[str, Any]:
         "municipality": row.municipality,
         "state": row.state,
         "received_at": row.received_at.isoformat(),
-        "deadline": handling_deadline(row.received_at).isoformat(),
+        "deadline": row.due_at.isoformat(),
+        "deadline_local": row.due_at.astimezone(COPENHAGEN).isoformat(),
+        "deadline_exception": row.exception,
         "urgent": row.urgent,
         "flags": list(row.flags),
         "unread_reply": row.unread_reply,
@@ -73,7 +77,6 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
     row = conn.execute(
         select(
             referrals,
-            messages.c.received_at,
             messages.c.mail_from,
             messages.c.raw,
             message_headers.c.from_header,
@@ -90,6 +93,7 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
     return {
         **summary(row),
         "outcome_detail": row.outcome_detail,
+        "return_reason": row.return_reason,
         "triage_reason": row.triage_reason,
         "routing": {"reasons": list(row.reasons), "explanation": list(row.explanation)},
         "facts": {"cpr": row.cpr, "patient_name": row.patient_name, "subject": row.subject},

@@ -1,5 +1,9 @@
-"""Deadlines: when a referral must be handled, on Danish local time."""
+"""Deadlines: the daily emptying and the 8-day handling deadline (rules), where each referral stands
+(assess), the check that sends alerts (alerts), and `postkasse deadlines report` (report).
 
-from postkasse.deadlines.rules import HANDLING_DAYS, handling_deadline
+Only the rules are re-exported here: the committee room uses them, and the other modules use the committee's.
+"""
 
-__all__ = ["HANDLING_DAYS", "handling_deadline"]
+from postkasse.deadlines.rules import RuleBook, Rules, rulebook
+
+__all__ = ["RuleBook", "Rules", "rulebook"]

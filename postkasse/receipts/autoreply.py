@@ -14,6 +14,8 @@ def refusal(envelope_sender: str, headers: Message, own_addresses: Collection[st
     sender = envelope_sender.strip().strip("<>").lower()
     if not sender:
         return "null_sender"
+    if "@" not in sender:
+        return "not_an_address"  # e.g. a document submitted over the API: its answer waits to be fetched
     if sender in {a.lower() for a in own_addresses}:
         return "own_address"
     if sender.partition("@")[0] in DAEMON_LOCALPARTS or sender.partition("@")[0].startswith("owner-"):

@@ -83,3 +83,86 @@ def committee_message(
     )
     mail.set_content(text.rstrip() + footer + "\n")
     return mail
+
+
+ALERT_SUBJECTS = {
+    ("emptying", "warning"): "Varsel: henvendelse ikke hentet fra postkassen",
+    ("emptying", "breach"): "Frist overskredet: postkassen er ikke tømt",
+    ("handling", "warning"): "Varsel: behandlingsfristen nærmer sig",
+    ("handling", "breach"): "Frist overskredet: henvendelsen er ikke behandlet",
+    ("urgent", "urgent"): "Haster: ny henvendelse markeret akut",
+    ("urgent", "triage"): "Haster: akut henvendelse venter på manuel sortering",
+}
+ALERT_TEXT = {
+    ("emptying", "warning"): "Henvendelsen er ikke hentet fra postkassen. Postkassen skal tømmes dagligt; "
+    "fristen for at hente den er {due}.",
+    ("emptying", "breach"): "Henvendelsen er ikke hentet fra postkassen, og fristen for daglig tømning "
+    "({due}) er overskredet.",
+    ("handling", "warning"): "Henvendelsen skal være behandlet senest {due}.",
+    ("handling", "breach"): "Henvendelsen skulle have været behandlet senest {due}; fristen er overskredet.",
+    ("urgent", "urgent"): "Afsenderen har markeret henvendelsen som akut. Hent og læs den nu.",
+    ("urgent", "triage"): "Afsenderen har markeret henvendelsen som akut, men den kunne ikke sorteres "
+    "automatisk. Tildel den en kommune nu.",
+}
+DEADLINE_NAMES = {"emptying": "daglig tømning", "handling": "behandlingsfrist", "urgent": "akut"}
+
+
+def alert(
+    *,
+    from_address: str,
+    to: str,
+    reference: str,
+    where: str,
+    deadline: str,
+    level: str,
+    due: datetime | None,
+    resolved: str | None = None,
+) -> EmailMessage:
+    """An alert to a committee and operations: the reference and the municipality, never who the child is.
+
+    `resolved` is the sentence saying why the condition cleared; given, the mail says it is over."""
+    title = ALERT_SUBJECTS[(deadline, level)]
+    if resolved is not None:
+        title = f"Løst: {DEADLINE_NAMES[deadline]}"
+    mail = _base(from_address, to, f"{title} [{reference}] {where}", None)
+    mail["Auto-Submitted"] = "auto-generated"
+    mail["X-Auto-Response-Suppress"] = "All"
+    mail["X-Postkasse-Alert"] = f"{deadline}; level={level}; {'resolved' if resolved else 'raised'}"
+    if resolved is not None:
+        sentence = resolved
+    else:
+        sentence = ALERT_TEXT[(deadline, level)].format(due=_local(due) if due else "")
+    lines = [
+        f"Reference: {reference}",
+        f"Kommune: {where}",
+        "",
+        sentence,
+        "",
+        "Henvendelsen findes i kommunens kø i den fælles digitale postkasse under referencen ovenfor.",
+        "Denne besked er sendt automatisk og indeholder ingen personoplysninger.",
+        "",
+        f"Automatic alert from the central mailbox: {reference}, {deadline} {level}"
+        + (" resolved." if resolved is not None else "."),
+    ]
+    mail.set_content("\n".join(lines) + "\n")
+    return mail
+
+
+MEDCOM_FILES = {"application/xml": "xml", "application/fhir+xml": "xml", "application/fhir+json": "json"}
+
+
+def medcom_answer(
+    *, from_address: str, to: str, kind: str, body: bytes, content_type: str, in_reply_to: str | None
+) -> EmailMessage:
+    """A MedCom receipt or acknowledgement (or a refusal in words), attached to a reply, for the sender's
+    system to read; it names no patient."""
+    mail = _base(from_address, to, f"MedCom {kind}", in_reply_to)
+    mail["Auto-Submitted"] = "auto-replied"
+    mail.set_content(
+        f"Svar fra den fælles digitale postkasse: {kind} er vedhæftet.\n"
+        f"Answer from the central mailbox: {kind} attached.\n"
+    )
+    maintype, _, subtype = content_type.partition("/")
+    extension = MEDCOM_FILES.get(content_type, "json")
+    mail.add_attachment(body, maintype=maintype, subtype=subtype, filename=f"{kind}.{extension}")
+    return mail

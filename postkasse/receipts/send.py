@@ -1,6 +1,6 @@
 """The `send` step: deliver one outgoing mail through the relay, retrying with backoff.
 
-Receipts go out with the null envelope sender (RFC 3834 3.3), so a bounce can never start a loop;
+Receipts and alerts go out with the null envelope sender (RFC 3834 3.3), so a bounce can never start a loop;
 committee messages go out from the mailbox's address so the sender's answer comes back to it.
 """
 
@@ -19,6 +19,12 @@ from postkasse.store import Store
 
 log = logs.get(__name__)
 
+AUTOMATIC = (
+    "receipt",
+    "alert",
+    "medcom_answer",
+)  # sent with the null envelope sender: nothing may answer them
+
 
 class SendMail:
     name = "send"
@@ -35,7 +41,7 @@ class SendMail:
             mail = outgoing.claim(conn, outgoing_id, now)
         if mail is None:
             return  # sent, failed, suppressed, or being sent by another worker right now
-        envelope_sender = "" if mail.kind == "receipt" else self.from_address
+        envelope_sender = "" if mail.kind in AUTOMATIC else self.from_address
         try:
             self.relay.send(envelope_sender, mail.recipient, mail.raw)
         except PermanentFailure as exc:

@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Row, select
 from postkasse import metrics
 from postkasse.committee.referrals import earlier_copy, for_message
 from postkasse.committee.views import reference
-from postkasse.deadlines import handling_deadline
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
 from postkasse.receipts.autoreply import refusal
@@ -104,7 +103,6 @@ class SendReceipt:
 
     def _what_happened(self, conn: Connection, message: Row[Any]) -> tuple[int, str, datetime | None, bool]:
         message_id: int = message.id
-        received_at: datetime = message.received_at
         referral = for_message(conn, message_id)
         repeated = False
         if referral is None:
@@ -126,4 +124,4 @@ class SendReceipt:
             )
         else:
             sentence = f"Beskeden er sendt til {self._committee(referral.municipality)}."
-        return referral.id, sentence, handling_deadline(received_at), repeated
+        return referral.id, sentence, referral.due_at, repeated

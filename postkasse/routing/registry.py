@@ -45,7 +45,8 @@ class LocalRegistry:
         query = select(registry_persons.c.cpr, registry_persons.c.municipality).order_by(
             registry_persons.c.cpr
         )
-        for cpr, code in conn.execution_options(yield_per=20_000).execute(query):
+        # Per statement: Connection.execution_options() would change the caller's connection for good.
+        for cpr, code in conn.execute(query, execution_options={"yield_per": 20_000}):
             if not (len(cpr) == 10 and cpr.isdigit()):
                 other[cpr] = code
                 continue

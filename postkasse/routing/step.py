@@ -13,12 +13,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesHeaderParser, BytesParser
+from typing import Any
 
 from sqlalchemy import Connection, select
 
 from postkasse.clock import danish_date
 from postkasse.committee import correspondence, referrals
 from postkasse.config import Settings
+from postkasse.deadlines.rules import RuleBook, rulebook
+from postkasse.medcom.intake import MedcomIntake, document_of
 from postkasse.pipeline import Follow
 from postkasse.routing.extract import MailExtractor, extract, text_of
 from postkasse.routing.facts import Extractor, Facts
@@ -26,6 +29,7 @@ from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Decision, decide
 from postkasse.routing.refdata import Geography, imports
 from postkasse.routing.registry import LocalRegistry, Registry
+from postkasse.routing.senders import SenderKinds
 from postkasse.store.schema import messages
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
@@ -90,7 +94,10 @@ class Router:
 
     def decide(self, conn: Connection, raw: bytes, received_at: datetime) -> tuple[Decision, Facts]:
         facts = extract(raw, self.extractors)
-        return decide(facts, self.lookups(conn), danish_date(received_at), self.ages), facts
+        return self.decide_facts(conn, facts, received_at), facts
+
+    def decide_facts(self, conn: Connection, facts: Facts, received_at: datetime) -> Decision:
+        return decide(facts, self.lookups(conn), danish_date(received_at), self.ages)
 
 
 class RouteMessage:
@@ -99,18 +106,51 @@ class RouteMessage:
     min_backoff = timedelta(seconds=2)
     max_backoff = timedelta(minutes=2)
 
-    def __init__(self, router: Router) -> None:
+    def __init__(
+        self, router: Router, rules: RuleBook, senders: SenderKinds, medcom: MedcomIntake | None = None
+    ) -> None:
         self.router = router
+        self.rules = rules
+        self.senders = senders
+        self.medcom = medcom
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouteMessage:
         municipalities = Municipalities.load(settings.routing.municipalities_file)
-        return cls(Router(municipalities, AgeRange(settings.routing.min_age, settings.routing.max_age)))
+        rules = rulebook(settings.deadlines)
+        senders = SenderKinds(settings.routing.sender_kinds.model_dump().items())
+        return cls(
+            Router(municipalities, AgeRange(settings.routing.min_age, settings.routing.max_age)),
+            rules,
+            senders,
+            MedcomIntake(settings.medcom, rules, senders, settings.outbound.from_address),
+        )
+
+    def _create(
+        self, conn: Connection, message: Any, decision: Decision, facts: Facts | None, now: datetime
+    ) -> Sequence[Follow]:
+        referral_id = referrals.create(
+            conn,
+            referrals.decided(
+                message.id,
+                message.received_at,
+                decision,
+                facts,
+                self.rules,
+                self.senders.classify(message.mail_from),
+            ),
+            now,
+        )
+        urgent: list[Follow] = [("urgent", referral_id)] if facts and facts.urgent else []
+        return [("receipt", message.id), *urgent]
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if referrals.for_message(conn, message_id) is not None:
             return ()
         message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        document = document_of(message.channel, message.raw) if self.medcom else None
+        if self.medcom and document is not None:
+            return self.medcom.route(conn, message, document, now, self.router)
         first = referrals.earlier_copy(conn, message)
         if first is not None:
             referrals.note_duplicate(conn, first, message_id, now)
@@ -122,40 +162,19 @@ class RouteMessage:
             correspondence.attach_reply(conn, answered, message_id, message.mail_from, body.strip(), now)
             return [("receipt", message_id)]
         decision, facts = self.router.decide(conn, message.raw, message.received_at)
-        referrals.create(
-            conn,
-            referrals.NewReferral(
-                message_id=message_id,
-                municipality=decision.municipality,
-                triage_reason=decision.triage_reason,
-                reasons=decision.reasons,
-                explanation=decision.explanation,
-                flags=decision.flags,
-                cpr=decision.cpr,
-                patient_name=facts.name,
-                subject=facts.subject,
-                urgent=facts.urgent,
-            ),
-            now,
-        )
-        return [("receipt", message_id)]
+        return self._create(conn, message, decision, facts, now)
 
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
-        if referrals.for_message(conn, message_id) is None:
-            referrals.create(
-                conn,
-                referrals.NewReferral(
-                    message_id,
-                    None,
-                    ROUTING_FAILED,
-                    (ROUTING_FAILED,),
-                    (TRIAGE_TEXT[ROUTING_FAILED],),
-                    (),
-                    None,
-                    None,
-                    None,
-                    False,
-                ),
-                now,
-            )
-        return [("receipt", message_id)]
+        if referrals.for_message(conn, message_id) is not None:
+            return [("receipt", message_id)]
+        message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        failed = Decision(
+            decision="triage",
+            municipality=None,
+            triage_reason=ROUTING_FAILED,
+            reasons=(ROUTING_FAILED,),
+            explanation=(TRIAGE_TEXT[ROUTING_FAILED],),
+            flags=(),
+            cpr=None,
+        )
+        return self._create(conn, message, failed, None, now)

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 _WRITE = "postkasse_write"
@@ -38,6 +39,25 @@ class Store:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def schema_change(self) -> Iterator[Connection]:
+        """A write transaction for migrations. SQLite rebuilds a table to alter it (copy, drop, rename), which
+        foreign keys referring to it forbid; they are off meanwhile and checked before the commit."""
+        sqlite = self.dialect == "sqlite"
+        with self.engine.connect() as conn:
+            driver: Any = conn.connection.driver_connection
+            if sqlite:
+                driver.execute("PRAGMA foreign_keys=OFF")  # outside any transaction, or it is ignored
+            try:
+                conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    yield conn
+                    if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("the migration left rows whose foreign keys point nowhere")
+            finally:
+                if sqlite:
+                    driver.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -91,3 +111,16 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def insert_on_conflict(conn: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """The INSERT of the connection's dialect, which has ON CONFLICT (both dialects spell it the same)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def insert_ignoring_duplicates(conn: Connection, table: Table) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING, for the store's two dialects: the row that loses a race is skipped,
+    and RETURNING names only the rows written."""
+    return insert_on_conflict(conn, table).on_conflict_do_nothing()

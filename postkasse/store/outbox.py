@@ -40,6 +40,8 @@ def add(conn: Connection, kind: str, target_id: int, now: datetime, lease_until:
 
 def add_many(conn: Connection, rows: list[tuple[str, int, datetime]], lease_until: datetime) -> list[int]:
     """Outbox rows for (kind, target, created) in one statement; their ids in the same order."""
+    if not rows:
+        return []
     result = conn.execute(
         insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
         [

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
@@ -77,6 +78,19 @@ messages = Table(
     Column("raw", LargeBinary, nullable=False, comment="the bytes exactly as received"),
     Index(None, "message_id"),
     Index(None, "received_at"),
+    Index(None, "sha256"),  # an IMAP message stored before a crash is recognised by its bytes
+)
+
+# Where each message taken from an IMAP folder was, so one left there by a crash is moved, not stored again.
+imap_messages = Table(
+    "imap_messages",
+    metadata,
+    Column("account", String(64), primary_key=True, comment="the [[imap]] account's configured name"),
+    Column("folder", Text, primary_key=True),
+    Column("uidvalidity", BigInteger, primary_key=True),
+    Column("uid", BigInteger, primary_key=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
 )
 
 OUTBOX_STATES = ("pending", "done", "failed")
@@ -157,7 +171,10 @@ referrals = Table(
     "referrals",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("message_id", Id, ForeignKey("messages.id"), nullable=False, unique=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column(
+        "letter_id", String(64), nullable=False, server_default="", comment="MedCom letter; empty for mail"
+    ),
     Column("municipality", String(4), nullable=True, comment="null while in triage"),
     Column("state", String(16), nullable=False),
     Column("triage_reason", String(32), nullable=True, comment="stable code, while or since in triage"),
@@ -171,6 +188,15 @@ referrals = Table(
     Column("unread_reply", Boolean, nullable=False, server_default=false()),
     Column("outcome", String(16), nullable=True),
     Column("outcome_detail", Text, nullable=True, comment="the unit forwarded to, or the reason returned"),
+    Column("return_reason", String(32), nullable=True, comment="returned: the reason's code, for statistics"),
+    Column("sender_kind", String(24), nullable=False, server_default="other", comment="gp, hospital unit..."),
+    Column("received_at", UTCDateTime, nullable=False, comment="when the mailbox accepted the message"),
+    Column("queued_at", UTCDateTime, nullable=True, comment="when it entered its municipality's queue"),
+    Column("warn_at", UTCDateTime, nullable=False, comment="handling deadline: the warning"),
+    Column("due_at", UTCDateTime, nullable=False, comment="handling deadline, fixed when routed or assigned"),
+    Column("pulled_at", UTCDateTime, nullable=True),
+    Column("handled_at", UTCDateTime, nullable=True),
+    Column("exception", String(24), nullable=True, comment="authority_case | medical_reason: clock stopped"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint("state IN ('triage', 'new', 'pulled', 'handled')", name="state"),
@@ -178,8 +204,15 @@ referrals = Table(
         "outcome IS NULL OR outcome IN ('forwarded', 'returned', 'joint_pathway', 'closed')", name="outcome"
     ),
     CheckConstraint("state = 'triage' OR municipality IS NOT NULL", name="routed_has_municipality"),
+    CheckConstraint(
+        "exception IS NULL OR exception IN ('authority_case', 'medical_reason')", name="exception"
+    ),
+    UniqueConstraint("message_id", "letter_id"),
     Index(None, "municipality", "state", "id"),
     Index(None, "state", "id"),
+    Index(None, "state", "queued_at"),
+    Index(None, "state", "warn_at"),
+    Index(None, "received_at"),
 )
 
 referral_events = Table(
@@ -194,6 +227,72 @@ referral_events = Table(
     Column("to_state", String(16), nullable=True),
     Column("detail", JSON, nullable=False),
     Index(None, "referral_id", "id"),
+)
+
+DEADLINES = ("emptying", "handling", "urgent")
+
+deadline_alerts = Table(
+    "deadline_alerts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=False),
+    Column("deadline", String(16), nullable=False, comment="emptying | handling | urgent"),
+    Column("level", String(16), nullable=False, comment="warning | breach; urgent | triage for urgent"),
+    Column("municipality", String(4), nullable=False, comment="the queue alerted; empty: operations only"),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime, nullable=True, comment="set when the condition cleared"),
+    UniqueConstraint("referral_id", "deadline", "level", "municipality"),
+    Index(None, "resolved_at"),
+)
+
+periodic_runs = Table(
+    "periodic_runs",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("finished_at", UTCDateTime, nullable=False, comment="the last run that completed"),
+)
+
+# MedCom: every letter seen, the first sighting of each (sender, letter id), and every answer written.
+medcom_letters = Table(
+    "medcom_letters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=False),
+    Column("sender", String(64), nullable=False, comment="whose identifiers these are: EAN, SOR or channel"),
+    Column("envelope_id", String(64), nullable=False, comment="Envelope/Identifier or Bundle.id"),
+    Column("letter_id", String(64), nullable=False, comment="Letter/Identifier or MessageHeader.id"),
+    Column("kind", String(32), nullable=False),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=True),
+    Column("duplicate_of", Id, ForeignKey("medcom_letters.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("message_id", "letter_id"),
+    Index(None, "sender", "envelope_id"),
+)
+
+medcom_first_letters = Table(
+    "medcom_first_letters",
+    metadata,
+    Column("sender", String(64), primary_key=True),
+    Column("letter_id", String(64), primary_key=True),
+    Column("first", Id, ForeignKey("medcom_letters.id"), nullable=False),
+)
+
+medcom_answers = Table(
+    "medcom_answers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id"), nullable=True, comment="the message answered"),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=True),
+    Column("kind", String(32), nullable=False, comment="XCTL02 | XCTL03 | Acknowledgement | XDIS91 | ..."),
+    Column("code", String(32), nullable=False, comment="ok, or the refusal code"),
+    Column("content_type", String(64), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("recipient", Text, nullable=False, comment="mail address, or api:TOKEN for the sender to pull"),
+    Column("outgoing_id", Id, ForeignKey("outgoing_mail.id"), nullable=True, comment="when sent by mail"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "message_id"),
+    Index(None, "recipient", "id"),
 )
 
 TOKEN_SCOPES = ("committee", "ops", "sender")

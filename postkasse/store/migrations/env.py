@@ -5,7 +5,7 @@ from alembic import context
 from postkasse.store.schema import metadata
 
 store = context.config.attributes["store"]
-with store.write() as connection:
+with store.schema_change() as connection:
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -1,0 +1,303 @@
+"""Alerts: one mail per referral per deadline level, and one when it clears; never the same one twice.
+
+Each alert is a row in `deadline_alerts`, unique on (referral, deadline, level, municipality alerted: a
+triaged referral alerts operations, and its committee again once assigned), written with an outbox row for
+the `alert` step, which composes the mails in a short transaction of its own, so the check never holds the
+write lock while it writes hundreds of mails after an outage. A check that runs again, in this daemon or
+another, finds the row and raises nothing; two checks racing on PostgreSQL are kept apart by a
+transaction-level advisory lock, and the unique row would stop the loser anyway. Mails go to the
+committee's notification address and to the operations address, with the reference and the municipality
+only: no CPR, name or subject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select, text, update
+
+from postkasse import logs
+from postkasse.clock import Clock
+from postkasse.committee.views import reference
+from postkasse.deadlines.assess import Assessment, Finding, assess
+from postkasse.deadlines.rules import RuleBook
+from postkasse.pipeline import Follow, Next, Pipeline
+from postkasse.receipts import compose, outgoing
+from postkasse.routing.municipalities import Municipalities
+from postkasse.store import Store, insert_ignoring_duplicates
+from postkasse.store.schema import deadline_alerts, periodic_runs, referrals
+
+log = logs.get(__name__)
+
+CHECK = "deadlines"
+ADVISORY_LOCK = 0x706B646C  # "pkdl": one deadline check at a time across daemons on PostgreSQL
+
+RESOLVED_TEXT = {
+    "pulled": "Henvendelsen er nu hentet fra postkassen.",
+    "handled": "Henvendelsen er nu behandlet.",
+    "exception": "Udvalget har registreret en undtagelse, og fristen er stoppet.",
+    "reassigned": "Fristen er ikke længere overskredet.",
+}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ran: bool  # False when another daemon held the check
+    raised: list[Finding]
+    resolved: list[tuple[int, str]]  # (referral, deadline)
+    follow: list[Follow]
+
+
+class Alerter:
+    def __init__(
+        self, rules: RuleBook, municipalities: Municipalities, from_address: str, operations_address: str
+    ) -> None:
+        self.rules = rules
+        self.municipalities = municipalities
+        self.from_address = from_address
+        self.operations_address = operations_address
+
+    def check(self, conn: Connection, now: datetime) -> CheckResult:
+        """Raise what entered warning or breach, resolve what cleared; inside the caller's write.
+
+        Only the alert rows are written here, with one `alert` step each to compose and queue the mails,
+        so the write transaction stays short however many alerts a day's outage left to raise."""
+        if (
+            conn.dialect.name == "postgresql"
+            and not conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK}
+            ).scalar_one()
+        ):
+            return CheckResult(False, [], [], [])
+        found = assess(conn, now, self.rules)
+        active = conn.execute(
+            select(deadline_alerts).where(
+                deadline_alerts.c.resolved_at.is_(None), deadline_alerts.c.deadline != "urgent"
+            )
+        ).all()
+        known = {(a.referral_id, a.deadline, a.level, a.municipality) for a in active}
+        new = [f for f in found.findings if _key(f) not in known]
+        follow: list[Follow] = []
+        raised: list[Finding] = []
+        if new:
+            rows = conn.execute(
+                insert_ignoring_duplicates(conn, deadline_alerts).returning(
+                    deadline_alerts.c.id, deadline_alerts.c.referral_id, deadline_alerts.c.deadline
+                ),
+                [
+                    {
+                        "referral_id": f.referral_id,
+                        "deadline": f.deadline,
+                        "level": f.level,
+                        "municipality": f.municipality or "",
+                        "due_at": f.due,
+                        "raised_at": now,
+                        "resolved_at": None,
+                    }
+                    for f in new
+                ],
+            ).all()
+            inserted = {(r.referral_id, r.deadline) for r in rows}
+            raised = [f for f in new if (f.referral_id, f.deadline) in inserted]
+            follow += [(SendAlert.name, r.id) for r in rows]
+        resolved = self._resolve(conn, found, active, now, follow)
+        self._finished(conn, now)
+        return CheckResult(True, raised, resolved, follow)
+
+    def urgent(self, conn: Connection, referral_id: int, now: datetime) -> list[Follow]:
+        """An urgent referral alerts its committee at once; one still in triage alerts operations."""
+        row = conn.execute(
+            select(referrals.c.municipality, referrals.c.state, referrals.c.urgent).where(
+                referrals.c.id == referral_id
+            )
+        ).one_or_none()
+        if row is None or not row.urgent or row.state not in ("triage", "new", "pulled"):
+            return []
+        inserted = conn.execute(
+            insert_ignoring_duplicates(conn, deadline_alerts)
+            .values(
+                referral_id=referral_id,
+                deadline="urgent",
+                level="triage" if row.state == "triage" else "urgent",
+                municipality=row.municipality or "",
+                raised_at=now,
+                resolved_at=now,  # nothing to clear: an urgent alert is news, not a state
+            )
+            .returning(deadline_alerts.c.id)
+        ).scalar_one_or_none()
+        if inserted is None:
+            return []
+        return self.mail_raised(conn, inserted, now)
+
+    def mail_raised(self, conn: Connection, alert_id: int, now: datetime) -> list[Follow]:
+        alert = conn.execute(select(deadline_alerts).where(deadline_alerts.c.id == alert_id)).one()
+        log.info(
+            "alert raised",
+            referral=reference(alert.referral_id),
+            municipality=alert.municipality or None,
+            deadline=alert.deadline,
+            level=alert.level,
+        )
+        return self._mail(
+            conn, alert.referral_id, alert.municipality, alert.deadline, alert.level, alert.due_at, None, now
+        )
+
+    def mail_resolved(self, conn: Connection, alert_id: int, now: datetime) -> list[Follow]:
+        alert = conn.execute(select(deadline_alerts).where(deadline_alerts.c.id == alert_id)).one()
+        state = conn.execute(
+            select(referrals.c.state, referrals.c.exception, referrals.c.municipality).where(
+                referrals.c.id == alert.referral_id
+            )
+        ).one()
+        why = "exception" if state.exception is not None else state.state
+        log.info("alert resolved", referral=reference(alert.referral_id), deadline=alert.deadline, why=why)
+        return self._mail(
+            conn,
+            alert.referral_id,
+            state.municipality,
+            alert.deadline,
+            alert.level,
+            alert.due_at,
+            RESOLVED_TEXT.get(why, RESOLVED_TEXT["reassigned"]),
+            now,
+        )
+
+    def _resolve(
+        self, conn: Connection, found: Assessment, active: Sequence[Any], now: datetime, follow: list[Follow]
+    ) -> list[tuple[int, str]]:
+        current = {(f.referral_id, f.deadline) for f in found.findings}
+        cleared: dict[tuple[int, str], list[Any]] = {}
+        for alert in active:
+            key = (alert.referral_id, alert.deadline)
+            if key not in current:
+                cleared.setdefault(key, []).append(alert)
+        done: list[tuple[int, str]] = []
+        for key, alerts in cleared.items():
+            changed = conn.execute(
+                update(deadline_alerts)
+                .where(
+                    deadline_alerts.c.id.in_([a.id for a in alerts]), deadline_alerts.c.resolved_at.is_(None)
+                )
+                .values(resolved_at=now)
+            ).rowcount
+            if changed:
+                last = max(alerts, key=lambda a: (a.level == "breach", a.id))
+                follow.append((SendResolved.name, last.id))
+                done.append(key)
+        return done
+
+    def _mail(
+        self,
+        conn: Connection,
+        referral_id: int,
+        municipality: str | None,
+        deadline: str,
+        level: str,
+        due: datetime | None,
+        resolved: str | None,
+        now: datetime,
+    ) -> list[Follow]:
+        follow: list[Follow] = []
+        known = self.municipalities.get(municipality or "")
+        where = known.name if known else "manuel sortering (ingen kommune endnu)"
+        recipients = [
+            a for a in (known.notification_address if known else None, self.operations_address) if a
+        ]
+        if not recipients:
+            log.warning("alert has no recipient: set deadlines.operations_address", deadline=deadline)
+        for recipient in dict.fromkeys(recipients):
+            mail = compose.alert(
+                from_address=self.from_address,
+                to=recipient,
+                reference=reference(referral_id),
+                where=where,
+                deadline=deadline,
+                level=level,
+                due=due,
+                resolved=resolved,
+            )
+            outgoing_id = outgoing.add(
+                conn,
+                "alert",
+                mail,
+                recipient=recipient,
+                referral_id=referral_id,
+                answers_message=None,
+                now=now,
+            )
+            follow.append(("send", outgoing_id))
+        return follow
+
+    def _finished(self, conn: Connection, now: datetime) -> None:
+        conn.execute(insert_ignoring_duplicates(conn, periodic_runs).values(name=CHECK, finished_at=now))
+        conn.execute(update(periodic_runs).where(periodic_runs.c.name == CHECK).values(finished_at=now))
+
+
+def run_check(store: Store, clock: Clock, pipeline: Pipeline, alerter: Alerter) -> list[Next]:
+    """One deadline check in one write transaction; returns the mail work to hand to the broker."""
+    now = clock.now()
+    with store.write() as conn:
+        result = alerter.check(conn, now)
+        work = pipeline.add(conn, result.follow, now)
+    if result.raised or result.resolved:
+        log.info("deadline check", raised=len(result.raised), resolved=len(result.resolved))
+    return work
+
+
+def _key(finding: Finding) -> tuple[int, str, str, str]:
+    return (finding.referral_id, finding.deadline, finding.level, finding.municipality or "")
+
+
+def last_check(conn: Connection) -> datetime | None:
+    finished: datetime | None = conn.execute(
+        select(periodic_runs.c.finished_at).where(periodic_runs.c.name == CHECK)
+    ).scalar_one_or_none()
+    return finished
+
+
+class UrgentAlert:
+    """The `urgent` step: alert at once about a referral the sender marked urgent."""
+
+    name = "urgent"
+    max_attempts = 5
+    min_backoff = timedelta(seconds=2)
+    max_backoff = timedelta(minutes=1)
+
+    def __init__(self, alerter: Alerter) -> None:
+        self.alerter = alerter
+
+    def run(self, conn: Connection, referral_id: int, now: datetime) -> Sequence[Follow]:
+        return self.alerter.urgent(conn, referral_id, now)
+
+    def give_up(self, conn: Connection, referral_id: int, now: datetime) -> Sequence[Follow]:
+        return ()
+
+
+class SendAlert:
+    """The `alert` step: the mails for one raised alert, to the committee and operations."""
+
+    name = "alert"
+    max_attempts = 5
+    min_backoff = timedelta(seconds=2)
+    max_backoff = timedelta(minutes=1)
+
+    def __init__(self, alerter: Alerter) -> None:
+        self.alerter = alerter
+
+    def run(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
+        return self.alerter.mail_raised(conn, alert_id, now)
+
+    def give_up(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
+        return ()
+
+
+class SendResolved(SendAlert):
+    """The `alert_resolved` step: the mails saying an alert has cleared."""
+
+    name = "alert_resolved"
+
+    def run(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
+        return self.alerter.mail_resolved(conn, alert_id, now)

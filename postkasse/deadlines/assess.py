@@ -1,0 +1,124 @@
+"""Where every open referral stands against its deadlines at one moment: read-only, for the alert
+check, `postkasse deadlines report` and the metrics alike.
+
+Only referrals already past a warning are read, through the indexes on (state, queued_at) and
+(state, warn_at), so the cost follows the number of late referrals, not the size of the archive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from postkasse.clock import COPENHAGEN
+from postkasse.committee.views import reference
+from postkasse.deadlines.rules import RuleBook
+from postkasse.store.schema import referrals
+
+OPEN_STATES = ("triage", "new", "pulled")
+
+
+def level(now: datetime, warn_at: datetime, due_at: datetime) -> str | None:
+    if now >= due_at:
+        return "breach"
+    if now >= warn_at:
+        return "warning"
+    return None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One referral past the warning (or the breach) of one deadline."""
+
+    referral_id: int
+    municipality: str | None  # None while in triage: operations' concern
+    deadline: str  # emptying | handling
+    level: str  # warning | breach
+    due: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.referral_id,
+            "reference": reference(self.referral_id),
+            "municipality": self.municipality,
+            "deadline": self.deadline,
+            "level": self.level,
+            "due": self.due.astimezone(COPENHAGEN).isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Emptying:
+    """A municipality's queue: how many wait unpulled, since when, and what that means today."""
+
+    level: str  # ok | warning | breach
+    waiting: int
+    oldest_since: datetime | None
+    due: datetime | None  # when the oldest waiting referral breaches the daily emptying
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "emptying": self.level,
+            "waiting": self.waiting,
+            "oldest_waiting_since": _iso(self.oldest_since),
+            "due": _iso(self.due),
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(COPENHAGEN).isoformat() if moment else None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    at: datetime
+    municipalities: dict[str, Emptying]
+    findings: list[Finding]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.astimezone(COPENHAGEN).isoformat(),
+            "municipalities": {code: e.as_json() for code, e in sorted(self.municipalities.items())},
+            "referrals": [f.as_json() for f in self.findings],
+        }
+
+
+def assess(conn: Connection, now: datetime, rules: RuleBook, codes: Iterable[str] = ()) -> Assessment:
+    """Every municipality in `codes` (and any with referrals waiting) and every finding, as of `now`."""
+    findings: list[Finding] = []
+    earliest = now - rules.shortest_emptying_warning
+    for row in conn.execute(
+        select(referrals.c.id, referrals.c.municipality, referrals.c.queued_at).where(
+            referrals.c.state == "new", referrals.c.queued_at <= earliest
+        )
+    ):
+        own = rules.for_municipality(row.municipality)
+        due = row.queued_at + own.emptying_breach
+        found = level(now, row.queued_at + own.emptying_warning, due)
+        if found:
+            findings.append(Finding(row.id, row.municipality, "emptying", found, due))
+    for late in conn.execute(
+        select(referrals.c.id, referrals.c.municipality, referrals.c.warn_at, referrals.c.due_at).where(
+            referrals.c.state.in_(OPEN_STATES), referrals.c.warn_at <= now, referrals.c.exception.is_(None)
+        )
+    ):
+        found = level(now, late.warn_at, late.due_at) or ""
+        findings.append(Finding(late.id, late.municipality, "handling", found, late.due_at))
+    findings.sort(key=lambda f: (f.due, f.referral_id, f.deadline))
+
+    municipalities = {code: Emptying("ok", 0, None, None) for code in codes}
+    for code, waiting, oldest in conn.execute(
+        select(referrals.c.municipality, func.count(), func.min(referrals.c.queued_at))
+        .where(referrals.c.state == "new")
+        .group_by(referrals.c.municipality)
+    ):
+        own = rules.for_municipality(code)
+        due = oldest + own.emptying_breach
+        municipalities[code] = Emptying(
+            level(now, oldest + own.emptying_warning, due) or "ok", waiting, oldest, due
+        )
+    return Assessment(now, municipalities, findings)

@@ -1,0 +1,473 @@
+"""MedCom documents in the route step: find the document in a stored message, apply MedCom's rules
+(duplicates, reused envelopes, receivers), route each letter like mail, and write the answer MedCom
+prescribes, to go back by the channel the document came in on.
+
+Everything here runs inside the route step's transaction, so a retried step repeats nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any, Literal
+
+from sqlalchemy import Connection, select, update
+
+from postkasse import logs
+from postkasse.committee import correspondence, referrals
+from postkasse.committee.views import referral_from_reference
+from postkasse.config import MedcomSettings
+from postkasse.deadlines.rules import RuleBook
+from postkasse.medcom import answers
+from postkasse.medcom.document import Document, Letter, MedcomError, Party
+from postkasse.medcom.parse import Schemas, facts, parse
+from postkasse.pipeline import Follow
+from postkasse.receipts import compose, outgoing
+from postkasse.routing.policy import Decision
+from postkasse.routing.senders import SenderKinds
+from postkasse.store import insert_ignoring_duplicates
+from postkasse.store.schema import medcom_answers, medcom_first_letters, medcom_letters, messages
+from postkasse.store.schema import referrals as referrals_table
+
+log = logs.get(__name__)
+
+DOCUMENT_TYPES = frozenset(
+    {"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json", "application/json"}
+)
+_SNIFF = (b"<Emessage", b"hl7.org/fhir", b'"resourceType"')
+_SENDER_EAN = re.compile(rb"<(?:\w+:)?Sender>\s*<(?:\w+:)?EANIdentifier>\s*([^<\s]+)")
+
+
+def looks_like_medcom(data: bytes) -> bool:
+    head = data[:4096]
+    return any(marker in head for marker in _SNIFF)
+
+
+def document_of(channel: str, raw: bytes) -> bytes | None:
+    """The MedCom document a stored message carries: an HTTP submission's body, or a mail part of an XML
+    or FHIR type (or named .xml / .json) that reads as one. None for ordinary mail."""
+    if channel == "http":
+        return raw
+    header_end = raw.find(b"\r\n\r\n")
+    header = raw[: header_end if header_end >= 0 else 4096].lower()
+    if b"multipart" not in header and b"xml" not in header and b"json" not in header:
+        return None
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        name = (part.get_filename() or "").lower()
+        if part.get_content_type() not in DOCUMENT_TYPES and not name.endswith((".xml", ".json")):
+            continue
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes) and looks_like_medcom(payload):
+            return payload
+    return None
+
+
+def content_type_of(document: Document | None, data: bytes) -> str:
+    if (document and document.format == "fhir-json") or data.lstrip()[:1] == b"{":
+        return "application/fhir+json"
+    if document and document.format == "fhir-xml":
+        return "application/fhir+xml"
+    return "application/xml"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one letter, for the answer."""
+
+    letter: Letter
+    refusal: MedcomError | None = None
+    referral_id: int | None = None
+    duplicate_of_message: int | None = None
+
+
+class MedcomIntake:
+    def __init__(
+        self, settings: MedcomSettings, rules: RuleBook, senders: SenderKinds, from_address: str
+    ) -> None:
+        self.settings = settings
+        self.schemas = Schemas(settings.schema_dir) if settings.schema_dir else None
+        self.rules = rules
+        self.senders = senders
+        self.from_address = from_address
+        self.us = Party(
+            ean=settings.ean, identifier=settings.ean, identifier_code="lokationsnummer", name=settings.name
+        )
+
+    def read(self, data: bytes) -> Document:
+        return parse(data, schemas=self.schemas)
+
+    def route(self, conn: Connection, message: Any, data: bytes, now: datetime, router: Any) -> list[Follow]:
+        """Route every letter of the document in `message`; returns the work that follows."""
+        try:
+            document = self.read(data)
+        except MedcomError as refusal:
+            log.warning(
+                "MedCom document refused", message=message.id, code=refusal.refuse_code, why=refusal.text
+            )
+            return self._refuse_unread(conn, message, data, refusal, now)
+        if document.is_acknowledgement:
+            for letter in document.letters:
+                self._record(conn, message, document, letter, self._sender_key(letter.sender, message), now)
+            log.info("MedCom acknowledgement received", message=message.id, kind=document.letters[0].kind)
+            return []
+        key = self._sender_key(document.letters[0].sender, message)
+        reused = self._reused_envelope(conn, key, document, message.id)
+        follow: list[Follow] = []
+        outcomes: list[Outcome] = []
+        for letter in document.letters:
+            row_id = self._record(conn, message, document, letter, key, now)
+            if reused:
+                outcomes.append(
+                    Outcome(letter, MedcomError("ikke_specificeret", reused, letter_id=letter.identifier))
+                )
+                continue
+            first = conn.execute(
+                insert_ignoring_duplicates(conn, medcom_first_letters)
+                .values(sender=key, letter_id=letter.identifier, first=row_id)
+                .returning(medcom_first_letters.c.first)
+            ).scalar_one_or_none()
+            if first is None:
+                outcomes.append(self._duplicate(conn, message, key, letter, row_id, now))
+                continue
+            if not self._addressed_to_us(letter.receiver):
+                receiver = letter.receiver.identifier or letter.receiver.ean
+                unknown = MedcomError(
+                    "problem_med_modtagerID",
+                    f"Modtageren {receiver} er ikke den fælles postkasse.",
+                    letter_id=letter.identifier,
+                )
+                outcomes.append(Outcome(letter, unknown))
+                continue
+            referral_id = self._reply_or_route(conn, message, letter, now, router, follow)
+            conn.execute(
+                update(medcom_letters).where(medcom_letters.c.id == row_id).values(referral_id=referral_id)
+            )
+            outcomes.append(Outcome(letter, None, referral_id))
+        follow += self._answer(conn, message, document, outcomes, data, now)
+        return follow
+
+    # --- letters --------------------------------------------------------------------------------
+
+    def _sender_key(self, sender: Party, message: Any) -> str:
+        """Whose identifiers these are: MedCom ids are unique per sender."""
+        return (sender.ean or sender.identifier or message.mail_from or "unknown")[:64]
+
+    def _record(
+        self, conn: Connection, message: Any, document: Document, letter: Letter, key: str, now: datetime
+    ) -> int:
+        row_id: int = conn.execute(
+            medcom_letters.insert()
+            .values(
+                message_id=message.id,
+                sender=key,
+                envelope_id=document.envelope_id[:64],
+                letter_id=letter.identifier[:64],
+                kind=letter.kind[:32],
+                created_at=now,
+            )
+            .returning(medcom_letters.c.id)
+        ).scalar_one()
+        return row_id
+
+    def _reused_envelope(self, conn: Connection, key: str, document: Document, message_id: int) -> str | None:
+        """A sentence when this sender used the envelope id before for other letters."""
+        earlier = set(
+            conn.execute(
+                select(medcom_letters.c.letter_id).where(
+                    medcom_letters.c.sender == key,
+                    medcom_letters.c.envelope_id == document.envelope_id[:64],
+                    medcom_letters.c.message_id != message_id,
+                )
+            ).scalars()
+        )
+        if earlier and earlier != {letter.identifier for letter in document.letters}:
+            return (
+                f"Kuvertnummeret {document.envelope_id} er allerede brugt til andre breve; send med et nyt."
+            )
+        return None
+
+    def _duplicate(
+        self, conn: Connection, message: Any, key: str, letter: Letter, row_id: int, now: datetime
+    ) -> Outcome:
+        first = conn.execute(
+            select(medcom_letters.c.id, medcom_letters.c.message_id, medcom_letters.c.referral_id)
+            .join(medcom_first_letters, medcom_first_letters.c.first == medcom_letters.c.id)
+            .where(
+                medcom_first_letters.c.sender == key, medcom_first_letters.c.letter_id == letter.identifier
+            )
+        ).one()
+        conn.execute(
+            update(medcom_letters)
+            .where(medcom_letters.c.id == row_id)
+            .values(duplicate_of=first.id, referral_id=first.referral_id)
+        )
+        if first.referral_id is not None:
+            referrals.note_duplicate(conn, first.referral_id, message.id, now)
+        log.info("MedCom duplicate", message=message.id, first_message=first.message_id)
+        return Outcome(letter, None, first.referral_id, first.message_id)
+
+    def _addressed_to_us(self, receiver: Party) -> bool:
+        if receiver.identifier_code == "kommunenummer":
+            return receiver.municipality is not None
+        if not self.settings.receivers:
+            return True
+        return any(i in self.settings.receivers for i in (receiver.ean, receiver.identifier) if i)
+
+    def _reply_or_route(
+        self, conn: Connection, message: Any, letter: Letter, now: datetime, router: Any, follow: list[Follow]
+    ) -> int:
+        """A letter naming one of our references from the referral's own sender joins its thread;
+        any other letter becomes a referral of its own."""
+        answered = referral_from_reference(f"{letter.subject or ''}\n{letter.text}")
+        if answered is not None and correspondence.sent_by(conn, answered, message.mail_from):
+            correspondence.attach_reply(
+                conn, answered, message.id, letter.sender.name or message.mail_from, letter.text.strip(), now
+            )
+            return answered
+        found = facts(letter)
+        decision: Decision = router.decide_facts(conn, found, message.received_at)
+        kind = (
+            "gp"
+            if letter.sender.identifier_code == "ydernummer"
+            else self.senders.classify(message.mail_from)
+        )
+        if found.subject is None:
+            found = replace(found, subject=letter.kind)
+        referral_id = referrals.create(
+            conn,
+            referrals.decided(
+                message.id, message.received_at, decision, found, self.rules, kind, letter.identifier[:64]
+            ),
+            now,
+        )
+        if found.urgent:
+            follow.append(("urgent", referral_id))
+        return referral_id
+
+    # --- the committee writes back ---------------------------------------------------------------
+
+    def write(
+        self, conn: Connection, referral_id: int, text: str, now: datetime
+    ) -> tuple[list[Follow], int | None] | None:
+        """A committee's message to the sender of a MedCom referral, as MedCom: an XDIS91 ClinicalEmail to an
+        OIOXML sender, a CareCommunication reply to a FHIR one, by the channel the referral came in on.
+        None when the referral did not come as MedCom. Returns the work and the outgoing mail, if any."""
+        origin = conn.execute(
+            select(
+                messages.c.id,
+                messages.c.channel,
+                messages.c.mail_from,
+                messages.c.message_id,
+                messages.c.raw,
+                medcom_letters.c.letter_id,
+                referrals_table.c.cpr,
+                referrals_table.c.patient_name,
+            )
+            .join(medcom_letters, medcom_letters.c.message_id == messages.c.id)
+            .join(referrals_table, referrals_table.c.id == medcom_letters.c.referral_id)
+            .where(medcom_letters.c.referral_id == referral_id, medcom_letters.c.duplicate_of.is_(None))
+            .order_by(medcom_letters.c.id)
+            .limit(1)
+        ).one_or_none()
+        if origin is None:
+            return None
+        data = document_of(origin.channel, origin.raw)
+        if data is None:
+            return None
+        document = self.read(data)
+        letter = next(item for item in document.letters if item.identifier[:64] == origin.letter_id)
+        reference = f"PK-{referral_id:06d}"
+        if document.format == "oioxml":
+            body = answers.clinical_email(
+                original=document,
+                letter_ref=letter,
+                us=self.us,
+                to=letter.sender,
+                cpr=origin.cpr or letter.cpr or "",
+                patient_name=origin.patient_name or letter.patient_name,
+                subject=f"Svar fra koordinationsudvalget [{reference}]",
+                text=text,
+                envelope_id=answers.new_identifier(),
+                letter_id=answers.new_identifier(),
+                now=now,
+            )
+            kind = "XDIS91"
+        else:
+            body = answers.care_communication_reply(
+                original=document,
+                us_sor=self.settings.sor or self.settings.ean,
+                us_name=self.settings.name,
+                text=text,
+                now=now,
+                topic=reference,
+            )
+            kind = "CareCommunication"
+        follow = self._deliver(
+            conn,
+            origin,
+            kind,
+            "ok",
+            body,
+            content_type_of(document, data),
+            referral_id,
+            now,
+            mail_kind="committee_message",
+        )
+        outgoing_id = follow[0][1] if follow else None  # ("send", outgoing id) when it went by mail
+        return follow, outgoing_id
+
+    # --- answers --------------------------------------------------------------------------------
+
+    def _answer(
+        self,
+        conn: Connection,
+        message: Any,
+        document: Document,
+        outcomes: Sequence[Outcome],
+        data: bytes,
+        now: datetime,
+    ) -> list[Follow]:
+        refusals = [o.refusal for o in outcomes if o.refusal is not None]
+        accepted = [o for o in outcomes if o.refusal is None]
+        # A duplicate is answered as its first copy was: positively when that was, or if it was not asked.
+        repeated_refusal = [o for o in accepted if o.duplicate_of_message and self._first_refused(conn, o)]
+        accepted = [o for o in accepted if o not in repeated_refusal]
+        referral_id = next((o.referral_id for o in outcomes if o.referral_id), None)
+        ct = content_type_of(document, data)
+        follow: list[Follow] = []
+        if document.format == "oioxml":
+            if refusals:
+                body = answers.negative_receipt(
+                    document,
+                    refusals,
+                    us=self.us,
+                    envelope_id=answers.new_identifier(),
+                    letter_id=answers.new_identifier(),
+                    now=now,
+                )
+                follow += self._deliver(
+                    conn, message, "XCTL02", refusals[0].refuse_code, body, ct, referral_id, now
+                )
+            wants = document.wants_positive_receipt or any(o.duplicate_of_message for o in accepted)
+            if accepted and wants:
+                body = answers.positive_receipt(
+                    document,
+                    us=self.us,
+                    envelope_id=answers.new_identifier(),
+                    letter_id=answers.new_identifier(),
+                    now=now,
+                    letter_ids=[o.letter.identifier for o in accepted],
+                )
+                follow += self._deliver(conn, message, "XCTL03", "ok", body, ct, referral_id, now)
+            return follow
+        code: Literal["ok", "fatal-error"] = "ok" if not refusals and not repeated_refusal else "fatal-error"
+        issue = "; ".join(r.text for r in refusals) or None
+        if code != "ok" and issue is None:
+            issue = "Beskeden blev afvist, da den blev modtaget første gang."
+        body = answers.fhir_acknowledgement(
+            document,
+            code=code,
+            issue=issue,
+            us_sor=self.settings.sor or self.settings.ean,
+            us_name=self.settings.name,
+            now=now,
+        )
+        return self._deliver(conn, message, "Acknowledgement", code, body, ct, referral_id, now)
+
+    def _first_refused(self, conn: Connection, outcome: Outcome) -> bool:
+        codes = set(
+            conn.execute(
+                select(medcom_answers.c.code).where(
+                    medcom_answers.c.message_id == outcome.duplicate_of_message
+                )
+            ).scalars()
+        )
+        return bool(codes) and "ok" not in codes
+
+    def _refuse_unread(
+        self, conn: Connection, message: Any, data: bytes, refusal: MedcomError, now: datetime
+    ) -> list[Follow]:
+        """A document we could not read: MedCom's negative receipt when it can name the original, else
+        the refusal in words, by the same channel. The message itself stays stored."""
+        ean = _SENDER_EAN.search(data[:65536])
+        if data.lstrip()[:1] == b"<" and b"Emessage" in data[:4096]:
+            try:
+                body = answers.negative_receipt(
+                    None,
+                    refusal,
+                    us=self.us,
+                    envelope_id=answers.new_identifier(),
+                    letter_id=answers.new_identifier(),
+                    now=now,
+                    original_sender=Party(ean=ean.group(1).decode("ascii", "replace")) if ean else None,
+                    original_receiver=self.us,
+                )
+                return self._deliver(
+                    conn, message, "XCTL02", refusal.refuse_code, body, "application/xml", None, now
+                )
+            except answers.ReceiptImpossible:
+                pass
+        body = json.dumps({"code": refusal.refuse_code, "detail": refusal.text}, ensure_ascii=False).encode()
+        return self._deliver(
+            conn, message, "refusal", refusal.refuse_code, body, "application/json", None, now
+        )
+
+    def _deliver(
+        self,
+        conn: Connection,
+        message: Any,
+        kind: str,
+        code: str,
+        body: bytes,
+        content_type: str,
+        referral_id: int | None,
+        now: datetime,
+        mail_kind: str = "medcom_answer",
+    ) -> list[Follow]:
+        """Store the answer; by mail it goes back to the envelope sender attached to a reply, over HTTP the
+        sender fetches it (GET /api/v1/messages/{id}/answers)."""
+        outgoing_id: int | None = None
+        follow: list[Follow] = []
+        if message.channel != "http" and message.mail_from:
+            mail = compose.medcom_answer(
+                from_address=self.from_address,
+                to=message.mail_from,
+                kind=kind,
+                body=body,
+                content_type=content_type,
+                in_reply_to=message.message_id,
+            )
+            outgoing_id = outgoing.add(
+                conn,
+                "medcom_answer",
+                mail,
+                recipient=message.mail_from,
+                referral_id=referral_id,
+                answers_message=message.id,
+                now=now,
+            )
+            follow.append(("send", outgoing_id))
+        conn.execute(
+            medcom_answers.insert().values(
+                message_id=message.id,
+                referral_id=referral_id,
+                kind=kind,
+                code=code,
+                content_type=content_type,
+                body=body,
+                recipient=message.mail_from or "<>",
+                outgoing_id=outgoing_id,
+                created_at=now,
+            )
+        )
+        return follow
