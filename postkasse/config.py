@@ -252,6 +252,11 @@ class ImapAccount(_Section):
     max_message_bytes: int = Field(
         25 * 1024 * 1024, ge=1024, description="larger messages go to failed_folder"
     )
+    lease_seconds: float = Field(
+        180.0,
+        gt=0,
+        description="one daemon reads the account at a time; if it dies, another takes over after this long",
+    )
 
     @model_validator(mode="after")
     def _sane(self) -> ImapAccount:
@@ -270,6 +275,11 @@ class ImapAccount(_Section):
             raise ValueError("folder, processed_folder and failed_folder must be three different folders")
         if not os.environ.get(self.password_env):
             raise ValueError(f"the environment variable {self.password_env} (password_env) is not set")
+        if self.lease_seconds < 3 * self.timeout_seconds:
+            raise ValueError(
+                "lease_seconds must be at least 3 x timeout_seconds: the lease is renewed every lease_seconds"
+                " / 3, and a batch of mail in hand must be stored well before the lease could run out"
+            )
         return self
 
     def password(self) -> str:

@@ -48,6 +48,11 @@ IMAP_FAILED = Counter(
     "Messages moved to the account's failed folder, by reason",
     ["account", "reason"],
 )
+IMAP_READING = Gauge(
+    "postkasse_imap_reading",
+    "1 while this daemon holds the account's lease and reads it; 0 while another daemon does",
+    ["account"],
+)
 IMAP_ERRORS = Counter(
     "postkasse_imap_errors_total", "IMAP sessions ended by an error (followed by a reconnection)", ["account"]
 )

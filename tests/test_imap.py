@@ -130,6 +130,13 @@ def folder_counts(server: Dovecot) -> tuple[int, int, int]:
         return box.count("INBOX"), box.count("Processed"), box.count("Failed")
 
 
+def receipts(store: Store) -> list[int]:
+    """The referral each receipt written names (a receipt held back, e.g. by the rate limit, names none)."""
+    kind_and_referral = (outgoing_mail.c.kind == "receipt", outgoing_mail.c.referral_id.is_not(None))
+    with store.read() as conn:
+        return list(conn.execute(select(outgoing_mail.c.referral_id).where(*kind_and_referral)).scalars())
+
+
 def stored_count_is(store: Store, expected: int) -> Callable[[], bool]:
     return lambda: len(stored(store)) == expected
 
@@ -282,16 +289,8 @@ def test_referral_appended_while_idle_becomes_one_routed_referral_with_a_receipt
         wait_until(folders_are(dovecot, (0, n + 1, 0)), 30, "the message moved to Processed")
         wait_until(lambda: imap_status(daemon)["favrskov"]["idle"], 30, "the daemon to IDLE again")
 
-    def receipts() -> list[int]:
-        with store.read() as conn:
-            return list(
-                conn.execute(
-                    select(outgoing_mail.c.referral_id).where(outgoing_mail.c.kind == "receipt")
-                ).scalars()
-            )
-
-    wait_until(lambda: len(receipts()) == 2, 60, "a receipt for each referral")
-    assert sorted(receipts()) == sorted(r.id for r in referrals)
+    wait_until(lambda: len(receipts(store)) == 2, 60, "a receipt for each referral")
+    assert sorted(receipts(store)) == sorted(r.id for r in referrals)
     assert metric(daemon, "postkasse_imap_messages_taken_total", account="favrskov") == 2
     assert metric(daemon, "postkasse_messages_accepted_total", channel="imap") == 2
     last_cycle = metric(daemon, "postkasse_imap_last_cycle_timestamp_seconds", account="favrskov")
@@ -378,7 +377,8 @@ def test_killed_between_the_write_and_the_move_stores_nothing_twice(
     raw = numbered(1)
     with dovecot.client() as box:
         box.append(raw)
-    daemon = imap_daemon(daemon_factory, tmp_path, database_url, account(dovecot))
+    quick = account(dovecot, timeout_seconds=3, lease_seconds=9)  # the killed daemon's lease runs out soon
+    daemon = imap_daemon(daemon_factory, tmp_path, database_url, quick)
     daemon.start()
     wait_until(
         lambda: count(store, imap_messages) == 1, 30, f"the message stored and recorded; {daemon.log()}"
@@ -388,13 +388,61 @@ def test_killed_between_the_write_and_the_move_stores_nothing_twice(
     assert folder_counts(dovecot) == (1, 0, 0)
 
     dovecot.refuse_mail_in("favrskov", "Processed", refuse=False)
-    again = imap_daemon(daemon_factory, tmp_path, database_url, account(dovecot))
+    again = imap_daemon(daemon_factory, tmp_path, database_url, quick)
     again.start()
     wait_until(lambda: folder_counts(dovecot) == (0, 1, 0), 30, f"the message moved; log:\n{again.log()}")
     assert stored(store) == [raw]
     assert metric(again, "postkasse_imap_messages_recognised_total", account="favrskov") == 1
     assert metric(again, "postkasse_imap_messages_taken_total", account="favrskov") == 0
     assert again.terminate() == 0
+    store.dispose()
+
+
+@pytest.mark.slow
+def test_two_daemons_on_one_account_take_each_message_once_and_the_second_takes_over(
+    daemon_factory: type[Daemon], tmp_path: Path, database_url: str, dovecot: Dovecot
+) -> None:
+    """Two daemons configured with the same account, for failover: one reads it, each referral gets one
+    receipt, and when the reader is killed the other takes over once the lease has run out (and finishes
+    the killed daemon's pipeline work once that work's outbox lease has run out)."""
+    store = prepare(tmp_path, database_url)
+    settings = account(dovecot, timeout_seconds=3, lease_seconds=9)
+    sections: dict[str, Any] = {
+        "outbox": {"lease_seconds": 5, "redrive_interval_seconds": 1},
+        "receipts": {"max_per_sender_per_hour": 100},  # one clinic sends all 30
+    }
+    daemons = [imap_daemon(daemon_factory, tmp_path, database_url, settings, **sections) for _ in range(2)]
+    for daemon in daemons:
+        daemon.start()
+
+    def reading() -> list[bool]:
+        return [imap_status(daemon)["favrskov"]["reading"] for daemon in daemons]
+
+    wait_until(lambda: sorted(reading()) == [False, True], 30, "one daemon reading, the other standing by")
+    reader, standby = daemons if reading()[0] else daemons[::-1]
+    assert imap_status(standby)["favrskov"]["lease_holder"] == imap_status(reader)["favrskov"]["lease_holder"]
+    assert metric(reader, "postkasse_imap_reading", account="favrskov") == 1
+    assert metric(standby, "postkasse_imap_reading", account="favrskov") == 0
+
+    def referral_mail(n: int) -> bytes:
+        return mail(f"CPR: {CHILD_IN_FAVRSKOV}\nAdresse: Skolevej 12, 8382 Hinnerup", message_id=f"r{n}@x")
+
+    with dovecot.client() as box:
+        for n in range(20):
+            box.append(referral_mail(n))
+    wait_until(folders_are(dovecot, (0, 20, 0)), 60, "the first 20 taken")
+    reader.kill()
+    with dovecot.client() as box:
+        for n in range(20, 30):
+            box.append(referral_mail(n))
+    wait_until(folders_are(dovecot, (0, 30, 0)), 60, f"the rest taken by the other; {standby.log()[-3000:]}")
+    assert imap_status(standby)["favrskov"]["reading"]
+    assert metric(standby, "postkasse_imap_messages_taken_total", account="favrskov") == 10
+
+    wait_until(lambda: len(receipts(store)) == 30, 60, "a receipt for each referral")
+    assert len(set(receipts(store))) == 30
+    assert sorted(stored(store)) == sorted(referral_mail(n) for n in range(30))
+    assert standby.terminate() == 0
     store.dispose()
 
 

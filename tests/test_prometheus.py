@@ -62,6 +62,7 @@ METRICS: dict[str, frozenset[str]] = {
     "postkasse_imap_messages_recognised_total": frozenset({"account"}),
     "postkasse_imap_messages_failed_total": frozenset({"account", "reason"}),
     "postkasse_imap_errors_total": frozenset({"account"}),
+    "postkasse_imap_reading": frozenset({"account"}),
 }
 # Internals for a profiler's eye, and the gauges' own health (an alert rule watches it), not panels.
 NOT_ON_DASHBOARD = frozenset(

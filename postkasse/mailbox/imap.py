@@ -6,7 +6,9 @@ with its outbox row by the same group committer as SMTP, its place recorded, and
 processed folder; a crash in between is undone by recognising it on the next pass (postkasse.mailbox.
 imap_seen). A message that cannot be fetched, is no mail, or that the store refuses goes to the failed
 folder, so it never holds up the rest. Any other trouble ends the session; the task connects again after
-an exponential, jittered and capped backoff, and one account's trouble never touches another's.
+an exponential, jittered and capped backoff, and one account's trouble never touches another's. Where
+several daemons are configured with the same account, only the one holding its lease reads it (postkasse.
+mailbox.imap_lease); the others stand by.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ import random
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parseaddr
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from postkasse import logs, metrics
 from postkasse.clock import Clock
 from postkasse.config import ImapAccount
 from postkasse.mailbox.committer import GroupCommitter
 from postkasse.mailbox.imap_client import ImapError, ImapRefused, ImapSession
+from postkasse.mailbox.imap_lease import Lease, holder_name
 from postkasse.mailbox.imap_seen import CHANNEL, Place, Seen, peer
 from postkasse.mailbox.smtp import BARE_CR_OR_LF
 from postkasse.store import Received, Store, Stored, StoreUnavailable
@@ -65,6 +70,10 @@ def envelope_sender(raw: bytes) -> str:
     return parseaddr(str(from_header))[1] if from_header is not None else ""
 
 
+class LeaseLost(Exception):
+    """Another daemon took the account's lease (ours ran out while we stalled): it reads the account now."""
+
+
 class StoreDown(Exception):
     """The store does not answer: leave the mail where it is and try again later."""
 
@@ -75,6 +84,8 @@ class AccountStatus:
 
     connected: bool = False
     idle: bool = False
+    reading: bool = False
+    lease_holder: str | None = None
     last_cycle_at: datetime | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
@@ -83,6 +94,8 @@ class AccountStatus:
         return {
             "connected": self.connected,
             "idle": self.idle,
+            "reading": self.reading,
+            "lease_holder": self.lease_holder,
             "last_cycle_at": self.last_cycle_at.isoformat() if self.last_cycle_at else None,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
@@ -108,11 +121,15 @@ class AccountReader:
         store: Store,
         clock: Clock,
         stop: asyncio.Event,
+        holder: str,
     ) -> None:
         self.account = account
         self.committer = committer
         self.store = store
         self.seen = Seen(store)
+        self.lease = Lease(store, account.name, holder, account.lease_seconds)
+        self.renew_every = timedelta(seconds=account.lease_seconds / 3)
+        self.renewed_at: datetime | None = None  # when we last took or renewed the lease; None: not ours
         self.clock = clock
         self.stop = stop
         self.status = AccountStatus()
@@ -122,20 +139,92 @@ class AccountReader:
         name = self.account.name
         # The stall alert counts from the start: an account that never connects is noticed too.
         metrics.IMAP_LAST_CYCLE.labels(name).set(self.clock.now().timestamp())
-        while not self.stop.is_set():
-            session = ImapSession(self.account)
-            try:
-                await self._session(session)
-            except (ImapError, StoreDown) as exc:
-                self._failed(str(exc))
-            except Exception as exc:
-                log.exception("imap account failed unexpectedly", account=name)
-                self._failed(f"{type(exc).__name__}: {exc}")
-            finally:
-                session.close()
-                self.status.connected = self.status.idle = False
-            if not self.stop.is_set():
-                await self._back_off()
+        metrics.IMAP_READING.labels(name).set(0)
+        try:
+            while not self.stop.is_set():
+                await self._turn()
+        finally:
+            await self._give_back()
+
+    async def _turn(self) -> None:
+        """One session while we hold the lease, or one wait while another daemon does."""
+        name = self.account.name
+        try:
+            ours = await self._hold()
+        except StoreDown as exc:
+            self._failed(str(exc))
+            await self._back_off()
+            return
+        if not ours:
+            await self._stand_by()
+            return
+        session = ImapSession(self.account)
+        try:
+            await self._session(session)
+            return
+        except LeaseLost as exc:
+            log.warning("imap account taken over by another daemon", account=name, holder=str(exc))
+            self._reading(False)
+            return
+        except (ImapError, StoreDown) as exc:
+            self._failed(str(exc))
+        except Exception as exc:
+            log.exception("imap account failed unexpectedly", account=name)
+            self._failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            session.close()
+            self.status.connected = self.status.idle = False
+        if not self.stop.is_set():
+            await self._back_off()
+
+    async def _hold(self) -> bool:
+        """Take the lease, or renew it; True while it is ours."""
+        now = self.clock.now()
+        try:
+            holding = await asyncio.to_thread(self.lease.take, now)
+        except DBAPIError as exc:
+            reason = type(exc.orig).__name__
+            raise StoreDown(
+                f"the store does not answer, so the account's lease cannot be held ({reason})"
+            ) from exc
+        if holding.held != self.status.reading or holding.holder != self.status.lease_holder:
+            log.info(
+                "imap account read by this daemon" if holding.held else "imap account read by another daemon",
+                account=self.account.name,
+                holder=holding.holder,
+                until=holding.expires_at.isoformat(),
+            )
+        self.status.lease_holder = holding.holder
+        self.renewed_at = now if holding.held else None
+        self._reading(holding.held)
+        return holding.held
+
+    async def _keep(self) -> None:
+        """Renew the lease once a third of it has passed, before more mail is taken; LeaseLost if gone."""
+        due = self.renewed_at is None or self.clock.now() - self.renewed_at >= self.renew_every
+        if due and not await self._hold():
+            raise LeaseLost(self.status.lease_holder)
+
+    async def _stand_by(self) -> None:
+        """Another daemon reads the account: look again when its lease may have run out or been given back."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), self.renew_every.total_seconds())
+
+    async def _give_back(self) -> None:
+        if self.renewed_at is None:
+            return
+        self.renewed_at = None
+        self._reading(False)
+        try:
+            await asyncio.to_thread(self.lease.give_back, self.clock.now())
+        except DBAPIError as exc:
+            log.warning(
+                "imap lease not given back; it runs out by itself", account=self.account.name, error=str(exc)
+            )
+
+    def _reading(self, reading: bool) -> None:
+        self.status.reading = reading
+        metrics.IMAP_READING.labels(self.account.name).set(1 if reading else 0)
 
     async def _session(self, session: ImapSession) -> None:
         account = self.account
@@ -160,7 +249,7 @@ class AccountReader:
             if self.stop.is_set():
                 break
             self.status.idle = session.has("IDLE")
-            await session.wait_for_mail(self.stop)
+            await session.wait_for_mail(self.stop, within=self.renew_every.total_seconds())
             self.status.idle = False
         try:
             await session.logout()
@@ -171,6 +260,7 @@ class AccountReader:
         """Take everything in the folder, a batch at a time; UIDs recorded earlier are only moved.
 
         True when anything was stored or moved, so another pass may find more."""
+        await self._keep()
         uids = await session.uids()
         if not uids:
             return False
@@ -181,6 +271,7 @@ class AccountReader:
             log.info("imap messages already stored, moved", account=self.account.name, count=len(known))
         progress = bool(known)
         for batch in _chunks([uid for uid in uids if uid not in known], BATCH):
+            await self._keep()
             progress = await self._take(session, place, batch) or progress
             if self.stop.is_set():
                 break
@@ -354,7 +445,8 @@ class ImapChannel:
         self, accounts: Sequence[ImapAccount], committer: GroupCommitter, store: Store, clock: Clock
     ):
         self.stopping = asyncio.Event()
-        self.readers = [AccountReader(a, committer, store, clock, self.stopping) for a in accounts]
+        holder = holder_name()
+        self.readers = [AccountReader(a, committer, store, clock, self.stopping, holder) for a in accounts]
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

@@ -204,18 +204,20 @@ class ImapSession:
         else:
             _ok(await self._call(self.protocol.expunge()), "EXPUNGE")
 
-    async def wait_for_mail(self, stop: asyncio.Event) -> None:
-        """Return when new mail may have come, IDLE is due for renewal, or `stop` is set.
+    async def wait_for_mail(self, stop: asyncio.Event, within: float) -> None:
+        """Return when new mail may have come, IDLE is due for renewal, `within` seconds have passed, or
+        `stop` is set.
 
         With IDLE (RFC 2177) the server says when mail arrives; without it this is the poll interval."""
         if not self.has("IDLE"):
-            await _first(stop.wait(), self.lost.wait(), timeout=self.account.poll_interval_seconds)
+            timeout = min(self.account.poll_interval_seconds, within)
+            await _first(stop.wait(), self.lost.wait(), timeout=timeout)
             if self.lost.is_set():
                 raise ImapError("the server closed the connection")
             return
-        await self._idle(stop)
+        await self._idle(stop, min(self.account.idle_renew_seconds, within))
 
-    async def _idle(self, stop: asyncio.Event) -> None:
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
         protocol = self.protocol
         while not protocol.idle_queue.empty():
             protocol.idle_queue.get_nowait()
@@ -229,7 +231,7 @@ class ImapSession:
                 raise ImapError("the server closed the connection")
             if not began:
                 raise ImapError("the server did not begin IDLE")
-            renew_at = asyncio.get_running_loop().time() + self.account.idle_renew_seconds
+            renew_at = asyncio.get_running_loop().time() + seconds
             while not stop.is_set():
                 remaining = renew_at - asyncio.get_running_loop().time()
                 if remaining <= 0:

@@ -3,4 +3,11 @@
 from postkasse.store.engine import Store, StoreUnavailable, insert_ignoring_duplicates, insert_on_conflict
 from postkasse.store.messages import Received, Stored
 
-__all__ = ["Received", "Store", "StoreUnavailable", "Stored", "insert_ignoring_duplicates", "insert_on_conflict"]
+__all__ = [
+    "Received",
+    "Store",
+    "StoreUnavailable",
+    "Stored",
+    "insert_ignoring_duplicates",
+    "insert_on_conflict",
+]

@@ -93,6 +93,16 @@ imap_messages = Table(
     Column("recorded_at", UTCDateTime, nullable=False),
 )
 
+# One daemon reads an IMAP account at a time; the others stand by until its lease runs out.
+imap_leases = Table(
+    "imap_leases",
+    metadata,
+    Column("account", String(64), primary_key=True, comment="the [[imap]] account's configured name"),
+    Column("holder", Text, nullable=False, comment="host:pid:token of the daemon that reads the account"),
+    Column("taken_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
 OUTBOX_STATES = ("pending", "done", "failed")
 
 outbox = Table(
