@@ -3,6 +3,8 @@ shown once and answered alike, broken documents refused with the right code, not
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -289,7 +291,9 @@ def test_the_committee_answers_a_medcom_sender_as_medcom(flow: Flow) -> None:
     assert (letter.kind, letter.receiver.identifier, letter.cpr) == ("XDIS91", "079741", "2406444917")
     assert "skolens vurdering" in letter.text
     (reply,) = [a for a in flow.answers(fhir) if a.kind == "CareCommunication"]
-    assert read_back(reply.body).letters[0].kind == "CareCommunication"
+    answer = read_back(reply.body).letters[0]
+    assert answer.kind == "CareCommunication"
+    assert answer.thread == parse(fixture("Bundle-R-Tek-K")).letters[0].thread  # the same conversation
     assert xdis91.recipient == reply.recipient == "api:epj"
     with flow.store.read() as conn:
         assert len(conn.execute(select(thread)).all()) == 2
@@ -308,3 +312,43 @@ def test_a_medcom_reply_naming_our_reference_joins_the_thread(flow: Flow) -> Non
             select(referrals_table.c.unread_reply).where(referrals_table.c.id == referral.id)
         ).scalar_one()
     assert entry.direction == "from_sender" and "Afdeling A har modtaget" in entry.text
+
+
+def continued(original: bytes, text: str) -> bytes:
+    """The sender's next message in the same MedCom conversation: new Bundle.id and MessageHeader.id, the
+    same Communication.identifier, and no reference of ours in it."""
+    bundle = json.loads(original)
+    bundle["id"] = str(uuid.uuid4())
+    header = bundle["entry"][0]["resource"]
+    header["id"] = str(uuid.uuid4())
+    bundle["entry"][0]["fullUrl"] = f"https://medcomfhir.dk/ig/carecommunication/MessageHeader/{header['id']}"
+    (communication,) = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Communication"
+    ]
+    communication["payload"][0]["contentString"] = text
+    return json.dumps(bundle).encode()
+
+
+def test_a_care_communication_continuing_the_thread_joins_the_referral(flow: Flow) -> None:
+    original = fixture("Bundle-R-Tek-K")
+    (referral,) = flow.referrals(flow.submit(original))
+    message_id = flow.submit(continued(original, "Skolen er nu orienteret."))
+    assert flow.referrals(message_id) == []
+    with flow.store.read() as conn:
+        (entry,) = conn.execute(select(thread)).all()
+    assert (entry.referral_id, entry.direction, entry.text) == (
+        referral.id,
+        "from_sender",
+        "Skolen er nu orienteret.",
+    )
+    (ack,) = flow.answers(message_id)
+    assert read_back(ack.body).letters[0].response_code == "ok"
+
+
+def test_the_same_thread_from_another_sender_is_a_referral_of_its_own(flow: Flow) -> None:
+    original = fixture("Bundle-R-Tek-K")
+    flow.submit(original)
+    message_id = flow.submit(continued(original, "Ny henvendelse."), sender="api:another-epj")
+    assert len(flow.referrals(message_id)) == 1
+    with flow.store.read() as conn:
+        assert conn.execute(select(thread)).all() == []

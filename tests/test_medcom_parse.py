@@ -64,6 +64,7 @@ BRUNO = {
     "address": Address("Testpark Allé", "48", "3400"),
 }
 R_TEK = "559e4be0-e1f2-4371-969d-29bbbd5ca9d1"
+R_TEK_THREAD = "urn:uuid:69ab69e8-af33-4e93-9171-7906ad43c1ab"  # Communication.identifier, in both copies
 
 
 def oioxml(envelope_id: str, sent: str, namespace: str) -> dict[str, Any]:
@@ -112,7 +113,9 @@ def ack(header_id: str, answers: str, code: str) -> Letter:
     )
 
 
-def care(bundle_letter: str, sender: Party, receiver: Party, subject: str, **patient: Any) -> Letter:
+def care(
+    bundle_letter: str, sender: Party, receiver: Party, subject: str, thread: str, **patient: Any
+) -> Letter:
     return Letter(
         kind="CareCommunication",
         identifier=bundle_letter,
@@ -121,6 +124,7 @@ def care(bundle_letter: str, sender: Party, receiver: Party, subject: str, **pat
         receiver=receiver,
         subject=subject,
         event="care-communication-message",
+        thread=thread,
         **patient,
     )
 
@@ -245,14 +249,14 @@ EXPECTED: dict[str, tuple[dict[str, Any], Letter, tuple[str, ...]]] = {
         fhir(
             "fhir-json", "R-Tek-K-dublicate-5de12884-eae7-4fd3-ba4a-d8b56be4baff", "2024-08-28T15:20:00+02:00"
         ),
-        care(R_TEK, SKEJBY, AABENRAA, "telemedicine", **BRUNO),
+        care(R_TEK, SKEJBY, AABENRAA, "telemedicine", R_TEK_THREAD, **BRUNO),
         ("de seneste undersøgelser udført på Bruno.\nPå forhånd tak.\nHilsen Michael",),
     ),
     "Bundle-R-Tek-L-dublicate-fa97e431-332f-4605-ad37-c259dc2b8637.xml": (
         fhir(
             "fhir-xml", "R-Tek-L-dublicate-fa97e431-332f-4605-ad37-c259dc2b8637", "2024-08-28T16:25:00+02:00"
         ),
-        care(R_TEK, SKEJBY, AABENRAA, "telemedicine", **BRUNO),
+        care(R_TEK, SKEJBY, AABENRAA, "telemedicine", R_TEK_THREAD, **BRUNO),
         ("de seneste undersøgelser udført på Bruno.\nPå forhånd tak.\nHilsen Michael",),
     ),
     "CareCommunication-new-Bundle-0d5b3c18.xml": (
@@ -263,6 +267,7 @@ EXPECTED: dict[str, tuple[dict[str, Any], Letter, tuple[str, ...]]] = {
             HERLEV_HEART,
             HERLEV_CARE,
             "examination-results",
+            "urn:uuid:cefe0dee-13b5-4bec-a843-09b4d58e4fe6",
             patient_name="Birgit Berggren",
         ),
         ("Hilsen Michael, sygeplejerske.",),

@@ -377,8 +377,8 @@ def care_communication_reply(
 
     The event stays care-communication-message; the Provenance says reply-message and points at the
     previous message (its MessageHeader for FHIR, `letter id#sender EAN` for OIOXML, as MedCom's examples do).
-    `thread_identifier` is the original Communication.identifier, which MedCom keeps across a conversation;
-    the Document model does not hold it, so without it the reply starts a new one. The Patient is minimal:
+    `thread_identifier` is the original Communication.identifier (Letter.thread), which MedCom keeps across
+    a conversation; without one (an OIOXML original) the reply starts a new thread. The Patient is minimal:
     the CPR (or replacement CPR) and the name as the Document has them."""
     if original.is_acknowledgement:
         raise ValueError("an acknowledgement is not answered with a CareCommunication")

@@ -90,6 +90,7 @@ class Letter:
     urgent: bool = False
     status_code: str | None = None  # OIOXML nytbrev / rettetbrev / ...
     event: str | None = None  # FHIR MessageHeader.eventCoding.code
+    thread: str | None = None  # FHIR Communication.identifier: MedCom keeps it across a conversation
     attachments: tuple[Attachment, ...] = ()
     # For an acknowledgement or receipt: what it answers, and its verdict.
     answers_envelope: str | None = None

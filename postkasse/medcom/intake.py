@@ -174,6 +174,7 @@ class MedcomIntake:
                 letter_id=letter.identifier[:64],
                 kind=letter.kind[:32],
                 created_at=now,
+                thread=letter.thread[:128] if letter.thread else None,
             )
             .returning(medcom_letters.c.id)
         ).scalar_one()
@@ -216,6 +217,20 @@ class MedcomIntake:
         log.info("MedCom duplicate", message=message.id, first_message=first.message_id)
         return Outcome(letter, None, first.referral_id, first.message_id)
 
+    def _thread_referral(self, conn: Connection, thread: str, message_id: int) -> int | None:
+        """The referral whose MedCom conversation this thread is (its first letter in the thread)."""
+        referral_id: int | None = conn.execute(
+            select(medcom_letters.c.referral_id)
+            .where(
+                medcom_letters.c.thread == thread[:128],
+                medcom_letters.c.referral_id.is_not(None),
+                medcom_letters.c.message_id != message_id,
+            )
+            .order_by(medcom_letters.c.id)
+            .limit(1)
+        ).scalar_one_or_none()
+        return referral_id
+
     def _addressed_to_us(self, receiver: Party) -> bool:
         if receiver.identifier_code == "kommunenummer":
             return receiver.municipality is not None
@@ -226,9 +241,11 @@ class MedcomIntake:
     def _reply_or_route(
         self, conn: Connection, message: Any, letter: Letter, now: datetime, router: Any, follow: list[Follow]
     ) -> int:
-        """A letter naming one of our references from the referral's own sender joins its thread;
-        any other letter becomes a referral of its own."""
+        """A letter from the referral's own sender that names one of our references, or continues the
+        referral's MedCom thread, joins its correspondence; any other letter becomes a referral of its own."""
         answered = referral_from_reference(f"{letter.subject or ''}\n{letter.text}")
+        if answered is None and letter.thread:
+            answered = self._thread_referral(conn, letter.thread, message.id)
         if answered is not None and correspondence.sent_by(conn, answered, message.mail_from):
             correspondence.attach_reply(
                 conn, answered, message.id, letter.sender.name or message.mail_from, letter.text.strip(), now
@@ -310,6 +327,7 @@ class MedcomIntake:
                 text=text,
                 now=now,
                 topic=reference,
+                thread_identifier=letter.thread,
             )
             kind = "CareCommunication"
         follow = self._deliver(

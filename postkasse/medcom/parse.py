@@ -586,6 +586,7 @@ def _read_fhir(bundle: dict[str, Any], fmt: str) -> Document:
                 priority=priority,
                 urgent=_is_urgent(priority),
                 event=event,
+                thread=_str(_get(communication, "identifier", "value")),
                 attachments=tuple(attachments),
                 answers_letter=_str(_get(response, "identifier")),
                 response_code=_str(_get(response, "code")),

@@ -276,8 +276,12 @@ medcom_letters = Table(
     Column("referral_id", Id, ForeignKey("referrals.id"), nullable=True),
     Column("duplicate_of", Id, ForeignKey("medcom_letters.id"), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    Column(
+        "thread", String(128), nullable=True, comment="FHIR Communication.identifier, kept across replies"
+    ),
     UniqueConstraint("message_id", "letter_id"),
     Index(None, "sender", "envelope_id"),
+    Index(None, "thread"),
 )
 
 medcom_first_letters = Table(
