@@ -44,6 +44,7 @@ NOT_SEEN_HERE = {
     "postkasse_imap_messages_recognised_total",
     "postkasse_imap_messages_failed_total",
     "postkasse_imap_errors_total",
+    "postkasse_imap_reading",
 }
 FAVRSKOV = "koordination@favrskov.example"
 OPS = "drift@postkasse.example"
