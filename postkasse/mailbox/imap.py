@@ -164,7 +164,6 @@ class AccountReader:
             return
         except LeaseLost as exc:
             log.warning("imap account taken over by another daemon", account=name, holder=str(exc))
-            self._reading(False)
             return
         except (ImapError, StoreDown) as exc:
             self._failed(str(exc))
