@@ -157,6 +157,28 @@ def test_reading_a_referral_shows_it_all_and_is_audited(world: World) -> None:
     assert trail == [("favrskov-sag", "read"), ("favrskov-sag", "read_raw")]
 
 
+WITH_ATTACHMENTS = (
+    b"From: Laege <laege@klinik.example>\r\nSubject: Henvisning\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSe vedh\xc3\xa6ftede.\r\n"
+    b"--B\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n"
+    b'Content-Disposition: attachment; filename="=?iso-8859-1?q?skoleudtalelse_b=F8rn.pdf?="\r\n'
+    b"\r\nJVBERi0xLjQK\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n"
+    b"Content-Disposition: attachment; filename*=utf-8''for%C3%A6ldre.txt\r\n\r\n"
+    b"abc\r\n--B--\r\n"
+)
+
+
+def test_a_referral_lists_its_attachments_with_their_names_decoded(world: World) -> None:
+    referral_id = add_referral(world.store, "0710", raw=WITH_ATTACHMENTS)
+    body = world.call("GET", f"/api/v1/referrals/{referral_id}", "favrskov").json()
+    assert body["attachments"] == [
+        {"filename": "skoleudtalelse børn.pdf", "content_type": "application/pdf", "size": 9},
+        {"filename": "forældre.txt", "content_type": "text/plain", "size": 3},
+    ]
+
+
 def test_pull_then_decide(world: World) -> None:
     referral_id = world.ids["favrskov"]
     early = world.call(

@@ -29,9 +29,9 @@ class ParseHeaders:
         conn.execute(
             insert(message_headers).values(
                 message_id=message_id,
-                from_header=_text(headers["From"]),
-                subject=_text(headers["Subject"]),
-                date_header=_text(headers["Date"]),
+                from_header=readable(headers["From"]),
+                subject=readable(headers["Subject"]),
+                date_header=readable(headers["Date"]),
                 content_type=headers.get_content_type(),
                 defects=len(headers.defects),
                 parsed_at=now,
@@ -44,7 +44,7 @@ class ParseHeaders:
         return [("route", message_id)]
 
 
-def _text(value: Any) -> str | None:
+def readable(value: Any) -> str | None:
     """A header as readable text: RFC 2047 words decoded, raw 8-bit kept as well as it goes."""
     if value is None:
         return None
