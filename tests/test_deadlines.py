@@ -382,6 +382,22 @@ def test_checks_from_several_daemons_at_once_alert_once(store: Store) -> None:
     assert len(alert_mails(store)) == 20
 
 
+def test_a_referral_pulled_while_the_check_reads_raises_nothing(store: Store) -> None:
+    """The check reads what is late before its write transaction; a committee pulling the referral in
+    between must not get an alert about a queue it has just emptied."""
+    waiting, pulled = add(store, T0), add(store, T0)
+    check = Checker(store, T0 + timedelta(hours=25))
+    with store.read() as conn:
+        survey = check.alerter.survey(conn, check.clock.now())
+    assert {f.referral_id for f in survey.found.findings} == {waiting, pulled}
+    with store.write() as conn:
+        referrals.pull(conn, pulled, T0 + timedelta(hours=25), "favrskov")
+    with store.write() as conn:
+        result = check.alerter.apply(conn, survey)
+    assert {(f.referral_id, f.deadline) for f in result.raised} == {(waiting, "emptying")}
+    assert alert_rows(store) == [(waiting, "emptying", "breach", False)]
+
+
 def test_triage_alerts_go_to_operations_and_resolve_when_assigned(store: Store) -> None:
     referral = add(store, T0, None)
     check = Checker(store, T0 + timedelta(days=7))

@@ -3,9 +3,12 @@
 Each alert is a row in `deadline_alerts`, unique on (referral, deadline, level, municipality alerted: a
 triaged referral alerts operations, and its committee again once assigned), written with an outbox row for
 the `alert` step, which composes the mails in a short transaction of its own, so the check never holds the
-write lock while it writes hundreds of mails after an outage. A check that runs again, in this daemon or
-another, finds the row and raises nothing; two checks racing on PostgreSQL are kept apart by a
-transaction-level advisory lock, and the unique row would stop the loser anyway. Mails go to the
+write lock while it writes hundreds of mails after an outage. Nor while it reads: what is late and what was
+already raised are read first (`survey`, in a read transaction, the costly part when many referrals are
+late), and only the difference is written (`apply`). A check that runs again, in this daemon or another,
+finds the row and raises nothing; two checks racing on PostgreSQL are kept apart by a transaction-level
+advisory lock, and the unique row would stop the loser anyway (an alert already resolved is resolved once:
+the UPDATE only touches rows still open). Mails go to the
 committee's notification address and to the operations address, with the reference and the municipality
 only: no CPR, name or subject.
 """
@@ -22,7 +25,7 @@ from sqlalchemy import Connection, select, text, update
 from postkasse import logs
 from postkasse.clock import Clock
 from postkasse.committee.views import reference
-from postkasse.deadlines.assess import Assessment, Finding, assess
+from postkasse.deadlines.assess import OPEN_STATES, Assessment, Finding, assess
 from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Follow, Next, Pipeline
 from postkasse.receipts import compose, outgoing
@@ -34,6 +37,7 @@ log = logs.get(__name__)
 
 CHECK = "deadlines"
 ADVISORY_LOCK = 0x706B646C  # "pkdl": one deadline check at a time across daemons on PostgreSQL
+_CHUNK = 500  # ids in one IN (...)
 
 RESOLVED_TEXT = {
     "pulled": "Henvendelsen er nu hentet fra postkassen.",
@@ -41,6 +45,17 @@ RESOLVED_TEXT = {
     "exception": "Udvalget har registreret en undtagelse, og fristen er stoppet.",
     "reassigned": "Fristen er ikke længere overskredet.",
 }
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What is late now and not yet alerted, and which open alerts no longer are: read, and compared,
+    without the write lock."""
+
+    at: datetime
+    found: Assessment
+    new: list[Finding]
+    cleared: dict[tuple[int, str], list[Any]]  # (referral, deadline) -> its open alerts (id, level)
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,31 @@ class Alerter:
         self.operations_address = operations_address
 
     def check(self, conn: Connection, now: datetime) -> CheckResult:
+        """`survey` and `apply` in the caller's write transaction."""
+        return self.apply(conn, self.survey(conn, now))
+
+    def survey(self, conn: Connection, now: datetime) -> Survey:
+        """What is late as of `now`, compared with the open alerts; reads only."""
+        found = assess(conn, now, self.rules)
+        active = conn.execute(
+            select(
+                deadline_alerts.c.id,
+                deadline_alerts.c.referral_id,
+                deadline_alerts.c.deadline,
+                deadline_alerts.c.level,
+                deadline_alerts.c.municipality,
+            ).where(deadline_alerts.c.resolved_at.is_(None), deadline_alerts.c.deadline != "urgent")
+        ).all()
+        known = {(a.referral_id, a.deadline, a.level, a.municipality) for a in active}
+        current = {(f.referral_id, f.deadline) for f in found.findings}
+        cleared: dict[tuple[int, str], list[Any]] = {}
+        for alert in active:
+            key = (alert.referral_id, alert.deadline)
+            if key not in current:
+                cleared.setdefault(key, []).append(alert)
+        return Survey(now, found, [f for f in found.findings if _key(f) not in known], cleared)
+
+    def apply(self, conn: Connection, survey: Survey) -> CheckResult:
         """Raise what entered warning or breach, resolve what cleared; inside the caller's write.
 
         Only the alert rows are written here, with one `alert` step each to compose and queue the mails,
@@ -72,14 +112,8 @@ class Alerter:
             ).scalar_one()
         ):
             return CheckResult(False, [], [], [])
-        found = assess(conn, now, self.rules)
-        active = conn.execute(
-            select(deadline_alerts).where(
-                deadline_alerts.c.resolved_at.is_(None), deadline_alerts.c.deadline != "urgent"
-            )
-        ).all()
-        known = {(a.referral_id, a.deadline, a.level, a.municipality) for a in active}
-        new = [f for f in found.findings if _key(f) not in known]
+        now = survey.at
+        new = _still_late(conn, survey.new)
         follow: list[Follow] = []
         raised: list[Finding] = []
         if new:
@@ -103,7 +137,7 @@ class Alerter:
             inserted = {(r.referral_id, r.deadline) for r in rows}
             raised = [f for f in new if (f.referral_id, f.deadline) in inserted]
             follow += [(SendAlert.name, r.id) for r in rows]
-        resolved = self._resolve(conn, found, active, now, follow)
+        resolved = self._resolve(conn, survey.cleared, now, follow)
         self._finished(conn, now)
         return CheckResult(True, raised, resolved, follow)
 
@@ -166,14 +200,12 @@ class Alerter:
         )
 
     def _resolve(
-        self, conn: Connection, found: Assessment, active: Sequence[Any], now: datetime, follow: list[Follow]
+        self,
+        conn: Connection,
+        cleared: dict[tuple[int, str], list[Any]],
+        now: datetime,
+        follow: list[Follow],
     ) -> list[tuple[int, str]]:
-        current = {(f.referral_id, f.deadline) for f in found.findings}
-        cleared: dict[tuple[int, str], list[Any]] = {}
-        for alert in active:
-            key = (alert.referral_id, alert.deadline)
-            if key not in current:
-                cleared.setdefault(key, []).append(alert)
         done: list[tuple[int, str]] = []
         for key, alerts in cleared.items():
             changed = conn.execute(
@@ -237,14 +269,39 @@ class Alerter:
 
 
 def run_check(store: Store, clock: Clock, pipeline: Pipeline, alerter: Alerter) -> list[Next]:
-    """One deadline check in one write transaction; returns the mail work to hand to the broker."""
+    """One deadline check: a read, then a short write; returns the mail work to hand to the broker."""
     now = clock.now()
+    with store.read() as conn:
+        survey = alerter.survey(conn, now)
     with store.write() as conn:
-        result = alerter.check(conn, now)
+        result = alerter.apply(conn, survey)
         work = pipeline.add(conn, result.follow, now)
     if result.raised or result.resolved:
         log.info("deadline check", raised=len(result.raised), resolved=len(result.resolved))
     return work
+
+
+def _still_late(conn: Connection, new: list[Finding]) -> list[Finding]:
+    """Those of `new` whose referral still waits where the survey found it: one pulled, handled, moved or
+    excepted since then raises nothing (the survey is read before the write transaction begins)."""
+    now_open: dict[int, Any] = {}
+    ids = sorted({f.referral_id for f in new})
+    for start in range(0, len(ids), _CHUNK):
+        for row in conn.execute(
+            select(referrals.c.id, referrals.c.state, referrals.c.municipality, referrals.c.exception).where(
+                referrals.c.id.in_(ids[start : start + _CHUNK])
+            )
+        ):
+            now_open[row.id] = row
+    return [f for f in new if _waits(now_open.get(f.referral_id), f)]
+
+
+def _waits(row: Any, finding: Finding) -> bool:
+    if row is None or row.municipality != finding.municipality:
+        return False
+    if finding.deadline == "emptying":
+        return bool(row.state == "new")
+    return row.state in OPEN_STATES and row.exception is None
 
 
 def _key(finding: Finding) -> tuple[int, str, str, str]:
