@@ -159,7 +159,6 @@ def create_router(api: Api) -> APIRouter:
         with api.store.read() as conn:
             rows = conn.execute(
                 select(*views.SUMMARY_COLUMNS)
-                .join(messages, messages.c.id == referrals_table.c.message_id)
                 .where(
                     referrals_table.c.municipality == code,
                     referrals_table.c.state == state,
