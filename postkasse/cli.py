@@ -98,7 +98,6 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     from postkasse.clock import COPENHAGEN, SystemClock
     from postkasse.medcom.document import MedcomError
     from postkasse.medcom.intake import document_of, looks_like_medcom
-    from postkasse.medcom.parse import Schemas, parse
     from postkasse.medcom.parse import facts as medcom_facts
     from postkasse.routing.explain import render, render_document
     from postkasse.routing.step import RouteMessage
@@ -120,10 +119,8 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
             print(render(decision, facts, as_json=args.json))
             return 0
         try:
-            document = parse(
-                document_bytes,
-                schemas=Schemas(settings.medcom.schema_dir) if settings.medcom.schema_dir else None,
-            )
+            assert route.medcom is not None  # from_settings always reads MedCom
+            document = route.medcom.read(document_bytes)
         except MedcomError as exc:
             print(f"postkasse route: MedCom would refuse it ({exc.refuse_code}): {exc.text}", file=sys.stderr)
             return 1
@@ -192,8 +189,7 @@ def cmd_triage_assign(settings: Settings, args: argparse.Namespace) -> int:
                 rulebook(settings.deadlines),
             )
             # Due at once: the running daemon's redriver hands it to the workers within its interval.
-            for kind, target in follow:
-                outbox.add(conn, kind, target, now, now)
+            outbox.add_many(conn, [(kind, target, now) for kind, target in follow], now)
     except (TransitionError, LookupError, ValueError) as exc:
         print(f"postkasse triage assign: {exc}", file=sys.stderr)
         return 1

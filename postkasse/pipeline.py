@@ -80,8 +80,6 @@ class Pipeline:
 
     def add(self, conn: Connection, follow: Sequence[Follow], now: datetime) -> list[Next]:
         """Write outbox rows for `follow` inside the caller's transaction; dispatch them after the commit."""
-        if not follow:
-            return []
         ids = outbox.add_many(conn, [(kind, target, now) for kind, target in follow], now + self.lease)
         return [Next(outbox_id, kind) for outbox_id, (kind, _) in zip(ids, follow, strict=True)]
 

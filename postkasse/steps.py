@@ -7,13 +7,11 @@ from datetime import timedelta
 from postkasse.clock import Clock
 from postkasse.config import Settings
 from postkasse.deadlines.alerts import Alerter, SendAlert, SendResolved, UrgentAlert, run_check
-from postkasse.deadlines.rules import rulebook
 from postkasse.mailbox.headers import ParseHeaders
 from postkasse.pipeline import Pipeline, Step
 from postkasse.receipts.relay import Relay
 from postkasse.receipts.send import SendMail
 from postkasse.receipts.step import SendReceipt
-from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.step import RouteMessage
 from postkasse.store import Store
 from postkasse.tasks import Job
@@ -35,25 +33,22 @@ def relay(settings: Settings) -> Relay:
     )
 
 
-def alerter(settings: Settings, municipalities: Municipalities) -> Alerter:
-    return Alerter(
-        rulebook(settings.deadlines),
-        municipalities,
-        settings.outbound.from_address,
-        settings.deadlines.operations_address,
-    )
-
-
 def build(settings: Settings, store: Store, clock: Clock) -> Pipeline:
     route = RouteMessage.from_settings(settings)
     receipt = SendReceipt(
         route.router.municipalities,
         settings.outbound.from_address,
-        [*settings.smtp.accept_addresses, *(account.address or account.user for account in settings.imap)],
+        [*settings.smtp.accept_addresses, *(account.address for account in settings.imap)],
         settings.receipts.max_per_sender_per_hour,
     )
     send = SendMail(relay(settings), settings.outbound.from_address)
-    alerts = alerter(settings, route.router.municipalities)
+    # The rules routing stamped on each referral are the ones its alerts are judged by.
+    alerts = Alerter(
+        route.rules,
+        route.router.municipalities,
+        settings.outbound.from_address,
+        settings.deadlines.operations_address,
+    )
     steps: list[Step] = [
         ParseHeaders(),
         route,

@@ -25,12 +25,12 @@ from sqlalchemy import Connection, select, text, update
 from postkasse import logs
 from postkasse.clock import Clock
 from postkasse.committee.views import reference
-from postkasse.deadlines.assess import OPEN_STATES, Assessment, Finding, assess
+from postkasse.deadlines.assess import OPEN_STATES, Assessment, Finding, findings
 from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Follow, Next, Pipeline
 from postkasse.receipts import compose, outgoing
 from postkasse.routing.municipalities import Municipalities
-from postkasse.store import Store, insert_ignoring_duplicates
+from postkasse.store import Store, insert_ignoring_duplicates, insert_on_conflict
 from postkasse.store.schema import deadline_alerts, periodic_runs, referrals
 
 log = logs.get(__name__)
@@ -81,7 +81,7 @@ class Alerter:
 
     def survey(self, conn: Connection, now: datetime) -> Survey:
         """What is late as of `now`, compared with the open alerts; reads only."""
-        found = assess(conn, now, self.rules)
+        found = Assessment(now, {}, findings(conn, now, self.rules))  # the queues' summary is not needed
         active = conn.execute(
             select(
                 deadline_alerts.c.id,
@@ -206,16 +206,23 @@ class Alerter:
         now: datetime,
         follow: list[Follow],
     ) -> list[tuple[int, str]]:
+        ids = sorted(a.id for alerts in cleared.values() for a in alerts)
+        changed: set[int] = set()
+        for start in range(0, len(ids), _CHUNK):
+            changed.update(
+                conn.execute(
+                    update(deadline_alerts)
+                    .where(
+                        deadline_alerts.c.id.in_(ids[start : start + _CHUNK]),
+                        deadline_alerts.c.resolved_at.is_(None),
+                    )
+                    .values(resolved_at=now)
+                    .returning(deadline_alerts.c.id)
+                ).scalars()
+            )
         done: list[tuple[int, str]] = []
         for key, alerts in cleared.items():
-            changed = conn.execute(
-                update(deadline_alerts)
-                .where(
-                    deadline_alerts.c.id.in_([a.id for a in alerts]), deadline_alerts.c.resolved_at.is_(None)
-                )
-                .values(resolved_at=now)
-            ).rowcount
-            if changed:
+            if any(a.id in changed for a in alerts):
                 last = max(alerts, key=lambda a: (a.level == "breach", a.id))
                 follow.append((SendResolved.name, last.id))
                 done.append(key)
@@ -264,8 +271,10 @@ class Alerter:
         return follow
 
     def _finished(self, conn: Connection, now: datetime) -> None:
-        conn.execute(insert_ignoring_duplicates(conn, periodic_runs).values(name=CHECK, finished_at=now))
-        conn.execute(update(periodic_runs).where(periodic_runs.c.name == CHECK).values(finished_at=now))
+        stmt = insert_on_conflict(conn, periodic_runs).values(name=CHECK, finished_at=now)
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=[periodic_runs.c.name], set_={"finished_at": now})
+        )
 
 
 def run_check(store: Store, clock: Clock, pipeline: Pipeline, alerter: Alerter) -> list[Next]:
@@ -315,24 +324,6 @@ def last_check(conn: Connection) -> datetime | None:
     return finished
 
 
-class UrgentAlert:
-    """The `urgent` step: alert at once about a referral the sender marked urgent."""
-
-    name = "urgent"
-    max_attempts = 5
-    min_backoff = timedelta(seconds=2)
-    max_backoff = timedelta(minutes=1)
-
-    def __init__(self, alerter: Alerter) -> None:
-        self.alerter = alerter
-
-    def run(self, conn: Connection, referral_id: int, now: datetime) -> Sequence[Follow]:
-        return self.alerter.urgent(conn, referral_id, now)
-
-    def give_up(self, conn: Connection, referral_id: int, now: datetime) -> Sequence[Follow]:
-        return ()
-
-
 class SendAlert:
     """The `alert` step: the mails for one raised alert, to the committee and operations."""
 
@@ -358,3 +349,12 @@ class SendResolved(SendAlert):
 
     def run(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
         return self.alerter.mail_resolved(conn, alert_id, now)
+
+
+class UrgentAlert(SendAlert):
+    """The `urgent` step: alert at once about a referral the sender marked urgent."""
+
+    name = "urgent"
+
+    def run(self, conn: Connection, referral_id: int, now: datetime) -> Sequence[Follow]:
+        return self.alerter.urgent(conn, referral_id, now)

@@ -89,6 +89,23 @@ class Assessment:
 
 def assess(conn: Connection, now: datetime, rules: RuleBook, codes: Iterable[str] = ()) -> Assessment:
     """Every municipality in `codes` (and any with referrals waiting) and every finding, as of `now`."""
+    found = findings(conn, now, rules)
+    municipalities = {code: Emptying("ok", 0, None, None) for code in codes}
+    for code, waiting, oldest in conn.execute(
+        select(referrals.c.municipality, func.count(), func.min(referrals.c.queued_at))
+        .where(referrals.c.state == "new")
+        .group_by(referrals.c.municipality)
+    ):
+        own = rules.for_municipality(code)
+        due = oldest + own.emptying_breach
+        municipalities[code] = Emptying(
+            level(now, oldest + own.emptying_warning, due) or "ok", waiting, oldest, due
+        )
+    return Assessment(now, municipalities, found)
+
+
+def findings(conn: Connection, now: datetime, rules: RuleBook) -> list[Finding]:
+    """Every referral past a warning or a breach as of `now`, soonest due first."""
     findings: list[Finding] = []
     earliest = now - rules.shortest_emptying_warning
     for row in conn.execute(
@@ -109,16 +126,4 @@ def assess(conn: Connection, now: datetime, rules: RuleBook, codes: Iterable[str
         found = level(now, late.warn_at, late.due_at) or ""
         findings.append(Finding(late.id, late.municipality, "handling", found, late.due_at))
     findings.sort(key=lambda f: (f.due, f.referral_id, f.deadline))
-
-    municipalities = {code: Emptying("ok", 0, None, None) for code in codes}
-    for code, waiting, oldest in conn.execute(
-        select(referrals.c.municipality, func.count(), func.min(referrals.c.queued_at))
-        .where(referrals.c.state == "new")
-        .group_by(referrals.c.municipality)
-    ):
-        own = rules.for_municipality(code)
-        due = oldest + own.emptying_breach
-        municipalities[code] = Emptying(
-            level(now, oldest + own.emptying_warning, due) or "ok", waiting, oldest, due
-        )
-    return Assessment(now, municipalities, findings)
+    return findings

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from postkasse.clock import COPENHAGEN
+from postkasse.committee.views import reference
 from postkasse.deadlines.assess import Assessment
+from postkasse.receipts.compose import DEADLINE_NAMES
 from postkasse.routing.municipalities import Municipalities
 
 LEVEL_TEXT = {"ok": "ok", "warning": "VARSEL", "breach": "OVERSKREDET"}
-DEADLINE_TEXT = {"emptying": "daglig tømning", "handling": "behandlingsfrist"}
 
 
 def render(found: Assessment, municipalities: Municipalities, *, as_json: bool) -> str:
@@ -31,8 +32,8 @@ def render(found: Assessment, municipalities: Municipalities, *, as_json: bool) 
     lines += ["", f"Henvendelser i varsel eller overskredet: {len(found.findings)}"]
     for finding in found.findings:
         lines.append(
-            f"  {finding.as_json()['reference']}  {finding.municipality or 'triage'}  "
-            f"{DEADLINE_TEXT[finding.deadline]:<17} {LEVEL_TEXT[finding.level]:<12} "
+            f"  {reference(finding.referral_id)}  {finding.municipality or 'triage'}  "
+            f"{DEADLINE_NAMES[finding.deadline]:<17} {LEVEL_TEXT[finding.level]:<12} "
             f"frist {finding.due.astimezone(COPENHAGEN):%Y-%m-%d %H:%M}"
         )
     return "\n".join(lines)

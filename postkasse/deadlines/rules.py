@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import holidays
 
-from postkasse.clock import COPENHAGEN
+from postkasse.clock import COPENHAGEN, danish_date
 from postkasse.config import DeadlineRulesSettings, DeadlineSettings
 
 HANDLING_DAYS = 8
@@ -48,7 +48,7 @@ def calendar_days_after(received_at: datetime, days: int) -> datetime:
 
 def end_of_working_days_after(received_at: datetime, days: int) -> datetime:
     """Local midnight ending the `days`-th working day after the day of `received_at`."""
-    day = received_at.astimezone(COPENHAGEN).date()
+    day = danish_date(received_at)
     counted = 0
     while counted < days:
         day += timedelta(days=1)
@@ -72,14 +72,6 @@ class Rules:
         count = end_of_working_days_after if self.working_days else calendar_days_after
         warning_days = max(self.handling_days - self.handling_warning_days, 0)
         return count(received_at, warning_days), count(received_at, self.handling_days)
-
-    def describe(self) -> str:
-        unit = "arbejdsdage" if self.working_days else "kalenderdage"
-        return (
-            f"tømning inden {self.emptying_breach.total_seconds() / 3600:g} timer "
-            f"(varsel efter {self.emptying_warning.total_seconds() / 3600:g}); "
-            f"behandling inden {self.handling_days} {unit} (varsel {self.handling_warning_days} før)"
-        )
 
 
 @dataclass(frozen=True)

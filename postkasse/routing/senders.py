@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
-SENDER_KINDS = ("gp", "child_psychiatry", "somatic_ward", "other")
-
 
 class SenderKinds:
     def __init__(self, patterns: Iterable[tuple[str, Sequence[str]]]) -> None:

@@ -239,7 +239,6 @@ referral_events = Table(
     Index(None, "referral_id", "id"),
 )
 
-DEADLINES = ("emptying", "handling", "urgent")
 
 deadline_alerts = Table(
     "deadline_alerts",
