@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -35,8 +34,9 @@ from postkasse.mailbox.committer import GroupCommitter
 from postkasse.mailbox.imap_client import ImapError, ImapRefused, ImapSession
 from postkasse.mailbox.imap_lease import Lease, holder_name
 from postkasse.mailbox.imap_seen import CHANNEL, Place, Seen, peer
-from postkasse.mailbox.smtp import BARE_CR_OR_LF
+from postkasse.mailbox.smtp import has_bare_cr_or_lf
 from postkasse.store import Received, Store, Stored, StoreUnavailable
+from postkasse.store.messages import header_block
 
 log = logs.get(__name__)
 
@@ -53,7 +53,7 @@ def refusal(raw: bytes, max_bytes: int) -> str | None:
         return "empty"
     if len(raw) > max_bytes:
         return "too_large"
-    if BARE_CR_OR_LF.search(raw):
+    if has_bare_cr_or_lf(raw):
         return "bare_cr_or_lf"
     if not _HEADER_FIELD.match(raw):
         return "not_a_message"
@@ -62,7 +62,7 @@ def refusal(raw: bytes, max_bytes: int) -> str | None:
 
 def envelope_sender(raw: bytes) -> str:
     """The sender a receipt goes to: Return-Path (its `<>` is the null sender), else the From address."""
-    headers = _HEADERS.parsebytes(raw, headersonly=True)
+    headers = _HEADERS.parsebytes(header_block(raw), headersonly=True)
     return_path = headers.get("Return-Path")
     if return_path is not None:
         return parseaddr(str(return_path))[1]
@@ -290,10 +290,10 @@ class AccountReader:
                 outcome.failed[uid] = reason
             else:
                 wanted.append(uid)
-        bodies, unfetchable = await self._fetch(session, wanted, sizes)
+        bodies = await self._fetch(session, wanted, sizes)
         good: dict[int, bytes] = {}
         for uid in wanted:
-            if uid in unfetchable or uid not in bodies:
+            if uid not in bodies:
                 outcome.failed[uid] = "fetch_failed"
             else:
                 reason = refusal(bodies[uid], account.max_message_bytes)
@@ -324,29 +324,27 @@ class AccountReader:
 
     async def _fetch(
         self, session: ImapSession, uids: Sequence[int], sizes: dict[int, int]
-    ) -> tuple[dict[int, bytes], set[int]]:
-        """The messages' bytes, in FETCHes of bounded size; a message the server will not give is unfetchable
-        on its own, never holding up the others."""
+    ) -> dict[int, bytes]:
+        """The messages' bytes, in FETCHes of bounded size; a message the server will not give is left out
+        on its own (it goes to the failed folder), never holding up the others."""
         bodies: dict[int, bytes] = {}
-        unfetchable: set[int] = set()
         for group in _by_bytes(uids, sizes, FETCH_BYTES):
             try:
                 bodies.update(await session.bodies(group))
             except ImapRefused:
                 if len(group) == 1:
-                    unfetchable.add(group[0])
-                    continue
+                    continue  # that one message is left out
                 for uid in group:
-                    try:
+                    with contextlib.suppress(ImapRefused):
                         bodies.update(await session.bodies([uid]))
-                    except ImapRefused:
-                        unfetchable.add(uid)
-        return bodies, unfetchable
+        return bodies
 
     async def _store(self, good: dict[int, bytes], outcome: _Outcome) -> None:
         """Store what is new; what was stored before (found by its bytes) is only mapped to its message."""
         name = self.account.name
-        digests = {uid: hashlib.sha256(raw).hexdigest() for uid, raw in good.items()}
+        received = {uid: self._received(raw) for uid, raw in good.items()}
+        # Hashed off the event loop, once: the writer reads the same `Received.sha256`.
+        digests = await asyncio.to_thread(lambda: {uid: item.sha256 for uid, item in received.items()})
         earlier = await asyncio.to_thread(self.seen.stored_by_hash, name, digests.values())
         first: dict[str, int] = {}  # digest -> the UID whose copy is stored, for duplicates in one batch
         for uid, digest in digests.items():
@@ -357,7 +355,9 @@ class AccountReader:
             else:
                 first.setdefault(digest, uid)
         new = sorted(first.values())
-        results = await asyncio.gather(*(self._save(good[uid]) for uid in new), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.committer.save(received[uid]) for uid in new), return_exceptions=True
+        )
         retry = []
         for uid, result in zip(new, results, strict=True):
             if isinstance(result, Stored):
@@ -372,7 +372,7 @@ class AccountReader:
                 outcome.store_down = True
                 break
             try:
-                self._taken(uid, await self._save(good[uid]), len(good[uid]), outcome)
+                self._taken(uid, await self.committer.save(received[uid]), len(good[uid]), outcome)
             except StoreUnavailable as exc:
                 if await asyncio.to_thread(self.store.ping):
                     outcome.failed[uid] = "store_refused"
@@ -388,17 +388,15 @@ class AccountReader:
                 elif original in outcome.failed:
                     outcome.failed[uid] = outcome.failed[original]
 
-    async def _save(self, raw: bytes) -> Stored:
-        return await self.committer.save(
-            Received(
-                channel=CHANNEL,
-                mail_from=envelope_sender(raw),
-                rcpt_tos=(self.account.address,),
-                peer=peer(self.account.name),
-                tls=self.account.tls != "none",
-                received_at=self.clock.now(),
-                raw=raw,
-            )
+    def _received(self, raw: bytes) -> Received:
+        return Received(
+            channel=CHANNEL,
+            mail_from=envelope_sender(raw),
+            rcpt_tos=(self.account.address,),
+            peer=peer(self.account.name),
+            tls=self.account.tls != "none",
+            received_at=self.clock.now(),
+            raw=raw,
         )
 
     def _taken(self, uid: int, stored: Stored, size: int, outcome: _Outcome) -> None:

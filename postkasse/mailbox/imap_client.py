@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from aioimaplib import aioimaplib  # type: ignore[import-untyped]
 
 from postkasse.config import ImapAccount
+from postkasse.tls import client_context
 
 T = TypeVar("T")
 
@@ -77,12 +78,6 @@ def uid_set(uids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def tls_context(account: ImapAccount) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(account.ca_file) if account.ca_file else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
 class ImapSession:
     """A logged-in connection to one account's server, with the commands the channel needs."""
 
@@ -102,7 +97,7 @@ class ImapSession:
     async def open(self) -> None:
         """Connect, secure the connection as configured, log in and learn what the server can do."""
         account = self.account
-        context = tls_context(account) if account.tls == "implicit" else None
+        context = client_context(account.ca_file) if account.tls == "implicit" else None
         self.client = aioimaplib.IMAP4(
             host=account.host,
             port=account.port,
@@ -133,7 +128,7 @@ class ImapSession:
             loop.start_tls(
                 self.protocol.transport,
                 self.protocol,
-                tls_context(self.account),
+                client_context(self.account.ca_file),
                 server_hostname=self.account.host,
             )
         )

@@ -12,9 +12,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
-from postkasse.store import Store
+from postkasse.store import Store, insert_ignoring_duplicates
 from postkasse.store.schema import imap_messages, messages
 
 CHANNEL = "imap"
@@ -66,7 +66,6 @@ class Seen:
         if not taken:
             return
         with self.store.write() as conn:
-            already = _known(conn, place, taken.keys())
             rows = [
                 {
                     "account": place.account,
@@ -77,10 +76,8 @@ class Seen:
                     "recorded_at": now,
                 }
                 for uid, message_id in taken.items()
-                if uid not in already
             ]
-            if rows:
-                conn.execute(insert(imap_messages), rows)
+            conn.execute(insert_ignoring_duplicates(conn, imap_messages), rows)  # recorded before: kept
 
 
 def _known(conn: Connection, place: Place, uids: Collection[int]) -> set[int]:

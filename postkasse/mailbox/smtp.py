@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 from collections.abc import Iterable
 from typing import Any, AnyStr
@@ -24,8 +23,15 @@ from postkasse.store import Received, StoreUnavailable
 log = logs.get(__name__)
 
 CHANNEL = "smtp"
+
+
 # A CR not followed by LF, or an LF not preceded by CR: what lets a header be smuggled past a parser.
-BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+def has_bare_cr_or_lf(raw: bytes) -> bool:
+    """A CR not followed by LF, or an LF not preceded by CR: what is left once every CRLF is taken out
+    (a tenth of the time of a regular expression over a large message, which runs on the event loop)."""
+    rest = raw.replace(b"\r\n", b"")
+    return b"\r" in rest or b"\n" in rest
+
 
 # Answers aiosmtpd gives by itself, counted by the reason they carry.
 _BUILTIN_REJECTIONS = {
@@ -62,7 +68,7 @@ class MailboxHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
-        if BARE_CR_OR_LF.search(raw):
+        if has_bare_cr_or_lf(raw):
             metrics.MESSAGES_REJECTED.labels(CHANNEL, "bare_cr_or_lf").inc()
             return "550 5.6.0 Message refused: it contains a bare CR or LF; every line must end with CRLF"
         received = Received(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import smtplib
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+from postkasse.tls import client_context
 
 
 class RelayNotConfigured(RuntimeError):
@@ -26,23 +27,20 @@ class Relay:
     ca_file: Path | None
     timeout: float
 
-    def _context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
-
     def send(self, envelope_sender: str, recipient: str, raw: bytes) -> None:
         if not self.host:
             raise RelayNotConfigured("no outbound relay is configured (outbound.host)")
         client: smtplib.SMTP
         if self.tls == "implicit":
-            client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context())
+            client = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=client_context(self.ca_file)
+            )
         else:
             client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
         try:
             client.ehlo()
             if self.tls == "starttls":
-                client.starttls(context=self._context())
+                client.starttls(context=client_context(self.ca_file))
                 client.ehlo()
             if self.user:
                 client.login(self.user, self.password)

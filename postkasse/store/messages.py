@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from sqlalchemy import Connection, insert, select
 
@@ -29,8 +30,9 @@ class Received:
     received_at: datetime
     raw: bytes = field(repr=False)
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """Kept once computed: a channel that looks a message up by its hash hands the writer the same one."""
         return hashlib.sha256(self.raw).hexdigest()
 
     @property
@@ -38,10 +40,15 @@ class Received:
         return message_id_of(self.raw)
 
 
+def header_block(raw: bytes) -> bytes:
+    """The message up to and including the blank line that ends its headers (all of it if there is none)."""
+    end = _HEADER_END.search(raw)
+    return raw[: end.end()] if end else raw
+
+
 def message_id_of(raw: bytes) -> str | None:
     """The Message-ID header's value, read from the header block only."""
-    end = _HEADER_END.search(raw)
-    match = _MESSAGE_ID.search(raw, 0, end.start() if end else len(raw))
+    match = _MESSAGE_ID.search(header_block(raw))
     if not match:
         return None
     value = b" ".join(match.group(1).split()).decode("ascii", "replace").strip()
