@@ -299,6 +299,31 @@ def test_the_committee_answers_a_medcom_sender_as_medcom(flow: Flow) -> None:
         assert len(conn.execute(select(thread)).all()) == 2
 
 
+def test_the_committee_writes_to_a_medcom_sender_by_mail_as_a_person_not_a_receipt(flow: Flow) -> None:
+    """A committee's letter is a person writing (it may be answered), not an automatic MedCom answer."""
+    raw = mail_with(fixture("REF01_1.xml"), "ref01.xml", "application/xml")
+    (referral,) = flow.referrals(flow.submit(raw, "smtp", "laege@klinik.example"))
+    route = flow.pipeline.steps["route"]
+    assert isinstance(route, RouteMessage) and route.medcom is not None
+    with flow.store.write() as conn:
+        correspondence.write_to_sender(
+            conn,
+            referral.id,
+            "Vi har brug for skolens vurdering.",
+            "favrskov",
+            "pk@x",
+            T0,
+            "udvalget",
+            route.medcom,
+        )
+    with flow.store.read() as conn:
+        last = conn.execute(select(outgoing_mail).order_by(outgoing_mail.c.id.desc()).limit(1)).one()
+    assert (last.kind, last.recipient) == ("committee_message", "laege@klinik.example")
+    letter = message_from_bytes(last.raw, policy=policy.default)
+    assert isinstance(letter, EmailMessage)
+    assert [part.get_filename() for part in letter.iter_attachments()] == ["XDIS91.xml"]
+
+
 def test_a_medcom_reply_naming_our_reference_joins_the_thread(flow: Flow) -> None:
     (referral,) = flow.referrals(flow.submit(fixture("REF01_1.xml")))
     reply = fixture("DIS91_1.xml").replace(

@@ -467,7 +467,7 @@ class MedcomIntake:
             )
             outgoing_id = outgoing.add(
                 conn,
-                "medcom_answer",
+                mail_kind,
                 mail,
                 recipient=message.mail_from,
                 referral_id=referral_id,
