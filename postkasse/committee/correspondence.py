@@ -112,12 +112,14 @@ def match_reply(conn: Connection, envelope_sender: str, headers: Message) -> int
 def sent_by(conn: Connection, referral_id: int, sender: str) -> bool:
     """Whether `sender` sent the message the referral came from: only its own sender may add to a thread
     by naming the reference."""
+    if not sender:
+        return False  # a bounce (null sender) joins nothing
     original = conn.execute(
         select(messages.c.mail_from)
         .join(referrals, referrals.c.message_id == messages.c.id)
         .where(referrals.c.id == referral_id)
     ).scalar_one_or_none()
-    return bool(original and sender) and str(original).lower() == sender.lower()
+    return bool(original) and str(original).lower() == sender.lower()
 
 
 def attach_reply(

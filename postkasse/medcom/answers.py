@@ -24,6 +24,7 @@ from lxml import etree  # type: ignore[import-untyped]
 
 from postkasse.clock import COPENHAGEN
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
+from postkasse.medcom.parse import CPR_SYSTEM, FHIR_NAMESPACE, SOR_SYSTEM, XHTML_NAMESPACE
 
 Json = dict[str, Any]
 AckCode = Literal["ok", "transient-error", "fatal-error"]
@@ -48,11 +49,7 @@ IDENTIFIER_CODES = {
 MAX_IDENTIFIER = 14  # String_1_14: envelope and letter identifiers
 MAX_ORIGINAL_LETTERS = 99  # OriginalLetter maxOccurs
 
-FHIR_NS = "http://hl7.org/fhir"
-XHTML_NS = "http://www.w3.org/1999/xhtml"
-SOR_SYSTEM = "urn:oid:1.2.208.176.1.1"
-GLN_SYSTEM = "https://www.gs1.org/gln"
-CPR_SYSTEM = "urn:oid:1.2.208.176.1.2"
+GLN_SYSTEM = "https://www.gs1.org/gln"  # the one of parse.GLN_SYSTEMS MedCom's samples write
 REPLACEMENT_CPR_SYSTEM = "urn:oid:1.2.208.176.1.6.1.1"
 SOR_ENDPOINT = "https://sor2.sum.dsdn.dk/#id="
 UNKNOWN_ENDPOINT = (
@@ -169,7 +166,6 @@ def negative_receipt(
     envelope_id: str,
     letter_id: str,
     now: datetime,
-    original_envelope_id: str | None = None,
     original_sender: Party | None = None,
     original_receiver: Party | None = None,
 ) -> bytes:
@@ -177,11 +173,11 @@ def negative_receipt(
 
     A refusal whose `letter_id` is set refuses that letter (OriginalLetter/RefuseCode); one without refuses
     the envelope (OriginalEmessage/RefuseCode), and then every letter of the original is listed. `original` is
-    None when the document could not be read: then the envelope id comes from `original_envelope_id` or the
-    errors, and the sender from `original_sender` (e.g. the party an HTTP token belongs to). A letter refusal
-    that cannot name its letter (not in `original`, or with an identifier or version the schema cannot hold)
-    is folded into the envelope refusal with the letter id in the text: nothing was accepted from such a
-    document. Raises ReceiptImpossible when the schema's required envelope id or sender location number is
+    None when the document could not be read: then the envelope id comes from the errors, and the sender from
+    `original_sender` (e.g. the party an HTTP token belongs to). A letter refusal that cannot name its letter
+    (not in `original`, or with an identifier or version the schema cannot hold) is folded into the envelope
+    refusal with the letter id in the text: nothing was accepted from such a document. Raises
+    ReceiptImpossible when the schema's required envelope id or sender location number is
     unknown."""
     errors = [refusals] if isinstance(refusals, MedcomError) else list(refusals)
     if not errors:
@@ -190,7 +186,7 @@ def negative_receipt(
         _require_answerable_oioxml(original)
     first = original.letters[0] if original is not None and original.letters else None
     known_id = original.envelope_id if original is not None else None
-    env_id = original_envelope_id or known_id or next((e.envelope_id for e in errors if e.envelope_id), None)
+    env_id = known_id or next((e.envelope_id for e in errors if e.envelope_id), None)
     sender = original_sender or (first.sender if first else None)
     receiver = original_receiver or (first.receiver if first else None)
     sender_ean = _answer_ean(sender, "the original sender")
@@ -753,9 +749,9 @@ def _human_name(name: str) -> Json:
 
 def _narrative(*lines: str) -> Json:
     """The generated narrative MedCom wants in every resource: one XHTML paragraph per line."""
-    div = etree.Element(f"{{{XHTML_NS}}}div", nsmap={None: XHTML_NS})
+    div = etree.Element(f"{{{XHTML_NAMESPACE}}}div", nsmap={None: XHTML_NAMESPACE})
     for line in lines:
-        etree.SubElement(div, f"{{{XHTML_NS}}}p").text = _xml_safe(line)
+        etree.SubElement(div, f"{{{XHTML_NAMESPACE}}}p").text = _xml_safe(line)
     return {"status": "generated", "div": div}
 
 
@@ -770,7 +766,7 @@ def _wants_json(original: Document, as_json: bool | None) -> bool:
 def _fhir_bytes(resource: Json, as_json: bool) -> bytes:
     if as_json:
         return json.dumps(resource, ensure_ascii=False, indent=2, default=_div_string).encode("utf-8")
-    root = etree.Element(f"{{{FHIR_NS}}}{resource['resourceType']}", nsmap={None: FHIR_NS})
+    root = etree.Element(f"{{{FHIR_NAMESPACE}}}{resource['resourceType']}", nsmap={None: FHIR_NAMESPACE})
     _fhir_children(root, resource)
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
@@ -788,14 +784,14 @@ def _fhir_children(element: Any, obj: Json) -> None:
             if isinstance(item, etree._Element):
                 element.append(copy.deepcopy(item))
             elif isinstance(item, dict) and "resourceType" in item:
-                wrapper = etree.SubElement(element, f"{{{FHIR_NS}}}{key}")
-                inner = etree.SubElement(wrapper, f"{{{FHIR_NS}}}{item['resourceType']}")
+                wrapper = etree.SubElement(element, f"{{{FHIR_NAMESPACE}}}{key}")
+                inner = etree.SubElement(wrapper, f"{{{FHIR_NAMESPACE}}}{item['resourceType']}")
                 _fhir_children(inner, item)
             elif isinstance(item, dict):
-                _fhir_children(etree.SubElement(element, f"{{{FHIR_NS}}}{key}"), item)
+                _fhir_children(etree.SubElement(element, f"{{{FHIR_NAMESPACE}}}{key}"), item)
             else:
                 primitive = ("true" if item else "false") if isinstance(item, bool) else str(item)
-                etree.SubElement(element, f"{{{FHIR_NS}}}{key}", value=_xml_safe(primitive))
+                etree.SubElement(element, f"{{{FHIR_NAMESPACE}}}{key}", value=_xml_safe(primitive))
 
 
 def _div_string(value: object) -> str:

@@ -116,5 +116,17 @@ class Document:
     def wants_positive_receipt(self) -> bool:
         return self.acknowledgement_code == "pluspositivkvitt"
 
+    @property
+    def content_type(self) -> str:
+        """The media type its answers are sent as: the format it came in."""
+        return CONTENT_TYPES[self.format]
+
+
+CONTENT_TYPES = {
+    "oioxml": "application/xml",
+    "fhir-xml": "application/fhir+xml",
+    "fhir-json": "application/fhir+json",
+}
+
 
 ACKNOWLEDGEMENT_KINDS = frozenset({"XCTL01", "XCTL02", "XCTL03", "Acknowledgement"})

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email import policy
-from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Literal
 
@@ -21,9 +20,11 @@ from sqlalchemy import Connection, select, update
 
 from postkasse import logs
 from postkasse.committee import correspondence, referrals
+from postkasse.committee.views import reference as reference_of
 from postkasse.committee.views import referral_from_reference
 from postkasse.config import MedcomSettings
 from postkasse.deadlines.rules import RuleBook
+from postkasse.mailbox.headers import readable
 from postkasse.medcom import answers
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
 from postkasse.medcom.parse import Schemas, facts, parse
@@ -41,6 +42,9 @@ DOCUMENT_TYPES = frozenset(
     {"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json", "application/json"}
 )
 _SNIFF = (b"<Emessage", b"hl7.org/fhir", b'"resourceType"')
+_PARTS = BytesParser(
+    policy=policy.compat32
+)  # the parts and their bytes, without policy.default's header objects
 _SENDER_EAN = re.compile(rb"<(?:\w+:)?Sender>\s*<(?:\w+:)?EANIdentifier>\s*([^<\s]+)")
 
 
@@ -58,26 +62,17 @@ def document_of(channel: str, raw: bytes) -> bytes | None:
     header = raw[: header_end if header_end >= 0 else 4096].lower()
     if b"multipart" not in header and b"xml" not in header and b"json" not in header:
         return None
-    message = BytesParser(policy=policy.default).parsebytes(raw)
-    assert isinstance(message, EmailMessage)
+    message = _PARTS.parsebytes(raw)
     for part in message.walk():
         if part.is_multipart():
             continue
-        name = (part.get_filename() or "").lower()
+        name = (readable(part.get_filename()) or "").lower()
         if part.get_content_type() not in DOCUMENT_TYPES and not name.endswith((".xml", ".json")):
             continue
         payload = part.get_payload(decode=True)
         if isinstance(payload, bytes) and looks_like_medcom(payload):
             return payload
     return None
-
-
-def content_type_of(document: Document | None, data: bytes) -> str:
-    if (document and document.format == "fhir-json") or data.lstrip()[:1] == b"{":
-        return "application/fhir+json"
-    if document and document.format == "fhir-xml":
-        return "application/fhir+xml"
-    return "application/xml"
 
 
 @dataclass(frozen=True)
@@ -133,7 +128,7 @@ class MedcomIntake:
                 continue
             first = conn.execute(
                 insert_ignoring_duplicates(conn, medcom_first_letters)
-                .values(sender=key, letter_id=letter.identifier, first=row_id)
+                .values(sender=key, letter_id=letter.identifier[:64], first=row_id)
                 .returning(medcom_first_letters.c.first)
             ).scalar_one_or_none()
             if first is None:
@@ -153,7 +148,7 @@ class MedcomIntake:
                 update(medcom_letters).where(medcom_letters.c.id == row_id).values(referral_id=referral_id)
             )
             outcomes.append(Outcome(letter, None, referral_id))
-        follow += self._answer(conn, message, document, outcomes, data, now)
+        follow += self._answer(conn, message, document, outcomes, now)
         return follow
 
     # --- letters --------------------------------------------------------------------------------
@@ -204,7 +199,8 @@ class MedcomIntake:
             select(medcom_letters.c.id, medcom_letters.c.message_id, medcom_letters.c.referral_id)
             .join(medcom_first_letters, medcom_first_letters.c.first == medcom_letters.c.id)
             .where(
-                medcom_first_letters.c.sender == key, medcom_first_letters.c.letter_id == letter.identifier
+                medcom_first_letters.c.sender == key,
+                medcom_first_letters.c.letter_id == letter.identifier[:64],
             )
         ).one()
         conn.execute(
@@ -303,7 +299,7 @@ class MedcomIntake:
             return None
         document = self.read(data)
         letter = next(item for item in document.letters if item.identifier[:64] == origin.letter_id)
-        reference = f"PK-{referral_id:06d}"
+        reference = reference_of(referral_id)
         if document.format == "oioxml":
             body = answers.clinical_email(
                 original=document,
@@ -336,7 +332,7 @@ class MedcomIntake:
             kind,
             "ok",
             body,
-            content_type_of(document, data),
+            document.content_type,
             referral_id,
             now,
             mail_kind="committee_message",
@@ -352,7 +348,6 @@ class MedcomIntake:
         message: Any,
         document: Document,
         outcomes: Sequence[Outcome],
-        data: bytes,
         now: datetime,
     ) -> list[Follow]:
         refusals = [o.refusal for o in outcomes if o.refusal is not None]
@@ -361,7 +356,6 @@ class MedcomIntake:
         repeated_refusal = [o for o in accepted if o.duplicate_of_message and self._first_refused(conn, o)]
         accepted = [o for o in accepted if o not in repeated_refusal]
         referral_id = next((o.referral_id for o in outcomes if o.referral_id), None)
-        ct = content_type_of(document, data)
         follow: list[Follow] = []
         if document.format == "oioxml":
             if refusals:
@@ -374,7 +368,14 @@ class MedcomIntake:
                     now=now,
                 )
                 follow += self._deliver(
-                    conn, message, "XCTL02", refusals[0].refuse_code, body, ct, referral_id, now
+                    conn,
+                    message,
+                    "XCTL02",
+                    refusals[0].refuse_code,
+                    body,
+                    document.content_type,
+                    referral_id,
+                    now,
                 )
             wants = document.wants_positive_receipt or any(o.duplicate_of_message for o in accepted)
             if accepted and wants:
@@ -386,7 +387,9 @@ class MedcomIntake:
                     now=now,
                     letter_ids=[o.letter.identifier for o in accepted],
                 )
-                follow += self._deliver(conn, message, "XCTL03", "ok", body, ct, referral_id, now)
+                follow += self._deliver(
+                    conn, message, "XCTL03", "ok", body, document.content_type, referral_id, now
+                )
             return follow
         code: Literal["ok", "fatal-error"] = "ok" if not refusals and not repeated_refusal else "fatal-error"
         issue = "; ".join(r.text for r in refusals) or None
@@ -400,7 +403,9 @@ class MedcomIntake:
             us_name=self.settings.name,
             now=now,
         )
-        return self._deliver(conn, message, "Acknowledgement", code, body, ct, referral_id, now)
+        return self._deliver(
+            conn, message, "Acknowledgement", code, body, document.content_type, referral_id, now
+        )
 
     def _first_refused(self, conn: Connection, outcome: Outcome) -> bool:
         codes = set(

@@ -167,7 +167,11 @@ class RouteMessage:
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if referrals.for_message(conn, message_id) is not None:
             return [("receipt", message_id)]
-        message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        message = conn.execute(  # what _create needs, not the raw message
+            select(messages.c.id, messages.c.received_at, messages.c.mail_from).where(
+                messages.c.id == message_id
+            )
+        ).one()
         failed = Decision(
             decision="triage",
             municipality=None,
