@@ -890,7 +890,7 @@ def child(url: str, repeat: int, profile: bool) -> dict[str, Any]:
         result["plans"] = explain(conn, timer.captured, "indexed")
 
     def check() -> list[Next]:
-        return run_check(store, clock, pipeline, alerter)
+        return run_check(pipeline, alerter)
 
     firsts = phase("first", check, before=lambda: reset_alerts(store))
     result["first_work"] = [Counter(n.kind for n in work) for work in firsts]
@@ -1329,7 +1329,7 @@ def report_lines(res: Results) -> list[str]:
         "...)`, "
         "each municipality with a notification address and an operations address set (2 mails per alert, "
         "1 in triage), a `Pipeline([SendAlert(alerter), SendResolved(alerter)], ...)` as `steps.build` has "
-        "them, `logs.setup('INFO')` into a file; `run_check(store, FixedClock(now), pipeline, alerter)`, "
+        "them, on a `FixedClock(now)`, `logs.setup('INFO')` into a file; `run_check(pipeline, alerter)`, "
         "and for the mails `pipeline.run(outbox_id, dispatch)` for each `Next` it returned, one after the "
         "other in one thread (the `send` rows they dispatch are counted and left pending: no relay).",
         f"- Each measurement runs {a.repeat} times in one fresh process per store, after one unrecorded "

@@ -65,4 +65,4 @@ def periodic(pipeline: Pipeline) -> dict[str, Job]:
     """The jobs the daemon schedules: the deadline check, every deadlines.check_interval_seconds. It uses the
     alerter the pipeline's alert steps use."""
     checker = pipeline.step(SendAlert).alerter
-    return {DEADLINE_CHECK: lambda: run_check(pipeline.store, pipeline.clock, pipeline, checker)}
+    return {DEADLINE_CHECK: lambda: run_check(pipeline, checker)}

@@ -270,7 +270,7 @@ class Checker:
 
     def run(self) -> None:
         """The check, then the steps that write its mails (`send` is left waiting: no relay here)."""
-        for work in run_check(self.store, self.clock, self.pipeline, self.alerter):
+        for work in run_check(self.pipeline, self.alerter):
             self.pipeline.run(work.outbox_id, lambda _: None)
 
 

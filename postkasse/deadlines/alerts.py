@@ -23,14 +23,13 @@ from typing import Any
 from sqlalchemy import Connection, select, text, update
 
 from postkasse import logs
-from postkasse.clock import Clock
 from postkasse.committee.views import reference
 from postkasse.deadlines.assess import OPEN_STATES, Assessment, Finding, findings
 from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Follow, Next, Pipeline
 from postkasse.receipts import compose, outgoing
 from postkasse.routing.municipalities import Municipalities
-from postkasse.store import Store, insert_ignoring_duplicates, insert_on_conflict
+from postkasse.store import insert_ignoring_duplicates, insert_on_conflict
 from postkasse.store.schema import deadline_alerts, periodic_runs, referrals
 
 log = logs.get(__name__)
@@ -277,12 +276,12 @@ class Alerter:
         )
 
 
-def run_check(store: Store, clock: Clock, pipeline: Pipeline, alerter: Alerter) -> list[Next]:
+def run_check(pipeline: Pipeline, alerter: Alerter) -> list[Next]:
     """One deadline check: a read, then a short write; returns the mail work to hand to the broker."""
-    now = clock.now()
-    with store.read() as conn:
+    now = pipeline.clock.now()
+    with pipeline.store.read() as conn:
         survey = alerter.survey(conn, now)
-    with store.write() as conn:
+    with pipeline.store.write() as conn:
         result = alerter.apply(conn, survey)
         work = pipeline.add(conn, result.follow, now)
     if result.raised or result.resolved:
