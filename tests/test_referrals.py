@@ -121,6 +121,25 @@ def test_decisions_need_their_detail(store: Store, outcome: str, detail: str | N
         referrals.decide(conn, referral_id, outcome, detail, None, T0, "x")
 
 
+def test_a_resend_routed_before_its_original_is_shown_once(store: Store) -> None:
+    """Workers take steps in any order: the original is still the one referral, the resend noted on it."""
+    raw = b"Message-ID: <henv-1@klinik.example>\r\nSubject: Henvisning\r\n\r\nHej\r\n"
+    original, resend = message(store, raw), message(store, raw)
+    step = route_step()
+    with store.write() as conn:
+        after_resend = step.run(conn, resend, T0)
+    with store.write() as conn:
+        after_original = step.run(conn, original, T0)
+    with store.read() as conn:
+        referral = referrals.for_message(conn, original)
+        assert referral is not None
+        assert referrals.for_message(conn, resend) is None
+        noted = [e.detail for e in referrals.events(conn, referral.id) if e.action == "duplicate_received"]
+    assert noted == [{"message_id": resend}]
+    assert [("receipt", original), ("receipt", resend)] == list(after_resend)
+    assert list(after_original) == []
+
+
 def test_routing_that_keeps_failing_ends_in_triage(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     message_id = message(store)
     step = route_step()

@@ -109,6 +109,14 @@ def match_reply(conn: Connection, envelope_sender: str, headers: Message) -> int
     return referral_id
 
 
+def reply_in_thread(conn: Connection, message_id: int) -> int | None:
+    """The referral whose thread the message joined as the sender's answer, if it did."""
+    referral_id: int | None = conn.execute(
+        select(thread.c.referral_id).where(thread.c.message_id == message_id)
+    ).scalar()
+    return referral_id
+
+
 def sent_by(conn: Connection, referral_id: int, sender: str) -> bool:
     """Whether `sender` sent the message the referral came from: only its own sender may add to a thread
     by naming the reference."""

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, insert, select, update
 from postkasse.deadlines.rules import RuleBook
 from postkasse.routing.facts import Facts
 from postkasse.routing.policy import Decision
-from postkasse.store.schema import messages, referral_events, referrals
+from postkasse.store.schema import referral_events, referrals
 
 SYSTEM = "system"
 
@@ -299,21 +299,3 @@ def mark_replies_read(conn: Connection, referral_id: int) -> None:
         .where(referrals.c.id == referral_id, referrals.c.unread_reply.is_(True))
         .values(unread_reply=False)
     )
-
-
-def earlier_copy(conn: Connection, message: Any) -> int | None:
-    """The referral of an earlier message with the same Message-ID from the same sender: a resend."""
-    if not message.message_id:
-        return None
-    referral_id: int | None = conn.execute(
-        select(referrals.c.id)
-        .join(messages, messages.c.id == referrals.c.message_id)
-        .where(
-            messages.c.message_id == message.message_id,
-            messages.c.mail_from == message.mail_from,
-            messages.c.id < message.id,
-        )
-        .order_by(messages.c.id)
-        .limit(1)
-    ).scalar_one_or_none()
-    return referral_id

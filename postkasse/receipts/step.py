@@ -16,14 +16,16 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 
 from postkasse import metrics
-from postkasse.committee.referrals import earlier_copy, for_message
+from postkasse.committee.correspondence import reply_in_thread
+from postkasse.committee.referrals import for_message
 from postkasse.committee.views import reference
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
 from postkasse.receipts.autoreply import refusal
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import TRIAGE_TEXT
-from postkasse.store.schema import messages, referrals, thread
+from postkasse.store.messages import first_copy
+from postkasse.store.schema import messages, referrals
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
 
@@ -106,16 +108,14 @@ class SendReceipt:
         referral = for_message(conn, message_id)
         repeated = False
         if referral is None:
-            reply = conn.execute(
-                select(thread.c.referral_id).where(thread.c.message_id == message_id)
-            ).scalar()
+            reply = reply_in_thread(conn, message_id)
             if reply is not None:
                 code = conn.execute(select(referrals.c.municipality).where(referrals.c.id == reply)).scalar()
                 return reply, f"Dit svar er lagt på sagen hos {self._committee(code)}.", None, False
-            first = earlier_copy(conn, message)
-            if first is None:
+            first = first_copy(conn, message)
+            referral = for_message(conn, first) if first is not None else None
+            if referral is None:
                 raise LookupError(f"message {message_id} has not been routed yet")
-            referral = conn.execute(select(referrals).where(referrals.c.id == first)).one()
             repeated = True
         if referral.state == "triage":
             why = TRIAGE_TEXT.get(referral.triage_reason or "", "")

@@ -30,6 +30,7 @@ from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Deci
 from postkasse.routing.refdata import Geography, imports
 from postkasse.routing.registry import LocalRegistry, Registry
 from postkasse.routing.senders import SenderKinds
+from postkasse.store import messages as stored
 from postkasse.store.schema import messages
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
@@ -145,16 +146,21 @@ class RouteMessage:
         return [("receipt", message.id), *urgent]
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
+        stored.hold(conn, message_id)
         if referrals.for_message(conn, message_id) is not None:
             return ()
         message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
         document = document_of(message.channel, message.raw) if self.medcom else None
         if self.medcom and document is not None:
             return self.medcom.route(conn, message, document, now, self.router)
-        first = referrals.earlier_copy(conn, message)
-        if first is not None:
-            referrals.note_duplicate(conn, first, message_id, now)
-            return [("receipt", message_id)]
+        first = stored.first_copy(conn, message)
+        if first is not None and correspondence.reply_in_thread(conn, first) is None:
+            # Steps run in any order: a resend may come first, so the original is routed before it is named.
+            follow = self.run(conn, first, now)
+            original = referrals.for_message(conn, first)
+            if original is not None:
+                referrals.note_duplicate(conn, original.id, message_id, now)
+                return [*follow, ("receipt", message_id)]
         headers = _HEADERS.parsebytes(message.raw)
         answered = correspondence.match_reply(conn, message.mail_from, headers)
         if answered is not None:

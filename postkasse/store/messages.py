@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
@@ -100,3 +101,27 @@ def save(conn: Connection, batch: Sequence[Received], first_step: str, lease_unt
 def raw_of(conn: Connection, message_id: int) -> bytes:
     raw: bytes = conn.execute(select(messages.c.raw).where(messages.c.id == message_id)).scalar_one()
     return raw
+
+
+def first_copy(conn: Connection, message: Any) -> int | None:
+    """The earliest message before this one with its Message-ID and sender: what a resend repeats."""
+    if not message.message_id:
+        return None
+    first: int | None = conn.execute(
+        select(messages.c.id)
+        .where(
+            messages.c.message_id == message.message_id,
+            messages.c.mail_from == message.mail_from,
+            messages.c.id < message.id,
+        )
+        .order_by(messages.c.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    return first
+
+
+def hold(conn: Connection, message_id: int) -> None:
+    """Hold the message's row to the end of the transaction (PostgreSQL; SQLite has one writer anyway), so
+    one transaction at a time decides what becomes of it. Held from a later message to an earlier one only."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(messages.c.id).where(messages.c.id == message_id).with_for_update())
