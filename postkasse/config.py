@@ -131,6 +131,11 @@ class RoutingSettings(_Section):
         return self
 
 
+# Connect, greeting, EHLO, STARTTLS and its handshake, EHLO, AUTH, MAIL, RCPT, DATA, the data, its reply,
+# QUIT: each waits up to outbound.timeout_seconds, with room to spare.
+RELAY_WAITS = 15
+
+
 class OutboundSettings(_Section):
     """The relay receipts and committee messages go out through."""
 
@@ -142,11 +147,19 @@ class OutboundSettings(_Section):
     from_address: str = "postkasse@localhost"
     ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0)
+    claim_lease_seconds: float = Field(
+        600.0, gt=0, description="how long a mail being sent is left to its sender before another takes it up"
+    )
 
     @model_validator(mode="after")
     def _sane(self) -> OutboundSettings:
         if "@" not in self.from_address:
             raise ValueError("from_address must be an address")
+        if self.claim_lease_seconds < RELAY_WAITS * self.timeout_seconds:
+            raise ValueError(
+                f"claim_lease_seconds must be at least {RELAY_WAITS} x timeout_seconds: a send waits on the"
+                " relay up to that many times, and a live send that outlasted its claim could be sent twice"
+            )
         if self.ca_file is not None and not self.ca_file.is_file():
             raise ValueError(f"ca_file {self.ca_file} does not exist")
         if self.user and self.tls == "none":

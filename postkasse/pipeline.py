@@ -6,6 +6,11 @@ pairs; those outbox rows are written in the same transaction and sent to the bro
 
 A `Delivery` step talks to the world outside the database (an SMTP relay). It must not hold a write
 transaction while it waits on the network, so it gets the store and manages its own short transactions.
+When someone else holds its job, it raises `Postponed`: the row stays pending and the redriver sends it
+again once the holder's claim has run out, without counting an attempt.
+
+An exception's text may quote content (SQLAlchemy quotes the parameters), so a failed attempt is recorded,
+logged and raised to the broker as `StepFailed`, which carries only `errors.describe` of it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from sqlalchemy import Connection
 
-from postkasse import logs, metrics
+from postkasse import errors, logs, metrics
 from postkasse.clock import Clock
 from postkasse.store import Store, outbox
 
@@ -50,6 +55,18 @@ class Delivery(Step, Protocol):
     def deliver(self, store: Store, target_id: int, now: datetime) -> None:
         """Do the outside job, claiming and recording it in the store in short transactions of its own."""
         ...
+
+
+class Postponed(Exception):
+    """The job is held by someone else until `until`: look at it again then, not before."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"held until {until.isoformat()}")
+        self.until = until
+
+
+class StepFailed(errors.Safe):
+    """An attempt failed and a retry is asked for; the message is the safe description of the cause."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +105,13 @@ class Pipeline:
         now = self.clock.now()
         try:
             follow = self._run(outbox_id, now)
+        except Postponed as held:
+            self._postpone(outbox_id, held.until)
+            return
         except Exception as exc:
-            if not self._failed(outbox_id, exc, dispatch):
-                raise
+            gave_up, error = self._failed(outbox_id, exc, dispatch)
+            if not gave_up:
+                raise StepFailed(error) from None
             return
         if follow is None:
             return
@@ -114,15 +135,22 @@ class Pipeline:
         metrics.OUTBOX_DONE.labels(work.kind).inc()
         return follow
 
-    def _failed(self, outbox_id: int, exc: Exception, dispatch: Dispatch) -> bool:
-        """Count the failed attempt; True when it was the last and the row is now `failed`."""
+    def _postpone(self, outbox_id: int, until: datetime) -> None:
+        """Leave the row pending, due again at `until`, for the redriver to send then."""
+        with self.store.write() as conn:
+            outbox.extend_lease(conn, [outbox_id], until)
+        log.info("outbox work held by someone else; looking again", outbox_id=outbox_id, at=until.isoformat())
+
+    def _failed(self, outbox_id: int, exc: Exception, dispatch: Dispatch) -> tuple[bool, str]:
+        """Count the failed attempt; True when it was the last and the row is now `failed`, and the
+        error as stored and logged."""
         now = self.clock.now()
-        error = f"{type(exc).__name__}: {exc}"
+        error = errors.describe(exc)
         follow: list[Next] = []
         with self.store.write() as conn:
             work = outbox.claim(conn, outbox_id)
             if work is None:
-                return True
+                return True, error
             step = self.steps[work.kind]
             gave_up = outbox.record_failure(conn, outbox_id, now, error, now + self.lease, step.max_attempts)
             if gave_up:
@@ -141,4 +169,4 @@ class Pipeline:
                 error=error,
                 attempt=work.attempts + 1,
             )
-        return gave_up
+        return gave_up, error

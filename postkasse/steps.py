@@ -41,7 +41,11 @@ def build(settings: Settings, store: Store, clock: Clock) -> Pipeline:
         [*settings.smtp.accept_addresses, *(account.address for account in settings.imap)],
         settings.receipts.max_per_sender_per_hour,
     )
-    send = SendMail(relay(settings), settings.outbound.from_address)
+    send = SendMail(
+        relay(settings),
+        settings.outbound.from_address,
+        timedelta(seconds=settings.outbound.claim_lease_seconds),
+    )
     # The rules routing stamped on each referral are the ones its alerts are judged by.
     alerts = Alerter(
         route.rules,

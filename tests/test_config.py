@@ -65,6 +65,7 @@ def test_config_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mo
         ("[smtp]\naccept_addresses = ['postkasse']\n", "not an address"),
         ("[database]\nurl = 'mysql://x'\n", "sqlite:/// or postgresql+psycopg://"),
         ("[smtp\nport = 1\n", "not valid TOML"),
+        ("[outbound]\ntimeout_seconds = 60\n", "claim_lease_seconds must be at least 15 x timeout_seconds"),
     ],
 )
 def test_errors_name_the_key_and_the_reason(tmp_path: Path, toml: str, message: str) -> None:

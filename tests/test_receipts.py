@@ -15,7 +15,8 @@ from postkasse.committee import referrals
 from postkasse.committee.referrals import NewReferral
 from postkasse.config import DEFAULT_MUNICIPALITIES
 from postkasse.deadlines.rules import Rules
-from postkasse.pipeline import Next, Pipeline
+from postkasse.pipeline import Next, Pipeline, StepFailed
+from postkasse.receipts import outgoing
 from postkasse.receipts.autoreply import refusal
 from postkasse.receipts.relay import Relay
 from postkasse.receipts.send import SendMail
@@ -29,6 +30,7 @@ from tests.sink import Sink
 
 T0 = datetime(2026, 10, 24, 22, 30, tzinfo=UTC)  # 00:30 on 25 October in Copenhagen, the night clocks go back
 OWN = ("postkasse@localhost",)
+CLAIM_LEASE = timedelta(minutes=10)
 
 
 def headers(text: str) -> Message:
@@ -64,7 +66,7 @@ class Fixture:
         relay = Relay("127.0.0.1", relay_port, "none", "", "", None, 10)
         steps = [
             SendReceipt(municipalities, "postkasse@localhost", OWN, per_hour),
-            SendMail(relay, "postkasse@localhost"),
+            SendMail(relay, "postkasse@localhost", CLAIM_LEASE),
         ]
         self.pipeline = Pipeline(steps, store, self.clock, timedelta(minutes=5))
         self.sent: list[Next] = []
@@ -209,7 +211,7 @@ def test_relay_down_then_up_delivers_each_receipt_once(store: Store) -> None:
         f.pipeline.run(work.id, f.sent.extend)  # receipts written, sends queued
     sends = [n.outbox_id for n in f.sent]
     for outbox_id in sends:
-        with pytest.raises(OSError):
+        with pytest.raises(StepFailed, match="Connection refused"):
             f.pipeline.run(outbox_id, f.sent.extend)  # the relay is down: a retry is asked for
     with store.read() as conn:
         assert {r.state for r in conn.execute(select(outgoing_mail)).all()} == {"pending"}
@@ -241,3 +243,46 @@ def test_a_relay_that_refuses_for_good_marks_the_mail_failed(store: Store) -> No
         mail = conn.execute(select(outgoing_mail)).one()
         assert outbox.backlog(conn) == {"done": 2}
     assert mail.state == "failed" and "refused the recipient (550)" in mail.last_error
+
+
+def test_a_receipt_whose_sender_died_mid_send_is_sent_when_its_claim_runs_out(
+    store: Store, sink: Sink
+) -> None:
+    f = Fixture(store, sink.port)
+    f.message(RAW)
+    with store.read() as conn:
+        due = outbox.due(conn, None, 100)
+    for work in due:
+        f.pipeline.run(work.id, f.sent.extend)  # the receipt is written and its send queued
+    (send,) = f.sent
+    with store.write() as conn:  # a worker claimed it, began sending, and was killed
+        (mail_id,) = conn.execute(select(outgoing_mail.c.id)).scalars()
+        assert outgoing.claim(conn, mail_id, f.clock.now(), CLAIM_LEASE) is not None
+    f.pipeline.run(send.outbox_id, f.sent.extend)  # the broker redelivers: the claim is still live
+    with store.read() as conn:
+        row = conn.execute(select(outbox.outbox).where(outbox.outbox.c.id == send.outbox_id)).one()
+    assert sink.mails() == []  # not sent twice while the claim might still be a live send
+    assert (row.state, row.attempts, row.next_attempt_at) == ("pending", 0, T0 + CLAIM_LEASE)
+    f.clock.advance(CLAIM_LEASE - timedelta(seconds=1))
+    with store.read() as conn:
+        assert outbox.due(conn, f.clock.now(), 100) == []  # the redriver leaves it alone until then
+    f.clock.advance(timedelta(seconds=1))
+    with store.read() as conn:
+        (again,) = outbox.due(conn, f.clock.now(), 100)
+    f.pipeline.run(again.id, f.sent.extend)  # the redriver's resend finds the claim run out
+    f.pipeline.run(again.id, f.sent.extend)  # and a late duplicate of it changes nothing
+    assert len(sink.mails()) == 1
+    with store.read() as conn:
+        assert conn.execute(select(outgoing_mail.c.state)).scalar_one() == "sent"
+        assert outbox.backlog(conn) == {"done": 2}
+
+
+def test_a_live_send_is_not_sent_again_by_a_redelivered_job(store: Store, sink: Sink) -> None:
+    f = Fixture(store, sink.port)
+    f.message(RAW)
+    f.run_all()
+    with store.write() as conn:  # the mail was sent; its job is delivered again later
+        outbox.add(conn, "send", conn.execute(select(outgoing_mail.c.id)).scalar_one(), T0, T0)
+    f.clock.advance(CLAIM_LEASE * 2)
+    f.run_all()
+    assert len(sink.mails()) == 1

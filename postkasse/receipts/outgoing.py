@@ -1,8 +1,9 @@
 """Outgoing mail in the store: written with the work that causes it, then claimed, sent and marked.
 
 States: pending -> sending (claimed, with a lease) -> sent | failed; `suppressed` records a receipt that
-the rules said not to send, and why. A claim whose lease ran out (a worker died mid-send) may be taken
-again, so a mail is sent at least once; the lease keeps two workers from sending it at the same time.
+the rules said not to send, and why. A claim whose lease ran out (a worker died mid-send) is taken again,
+so a mail is sent at least once; the lease, longer than any live send can take, keeps two workers from
+sending it at the same time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, insert, or_, select, update
 
 from postkasse.store.schema import outgoing_mail
-
-CLAIM_LEASE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -100,20 +99,33 @@ def sent_recently(conn: Connection, kind: str, recipient: str, since: datetime) 
     return count
 
 
-def claim(conn: Connection, outgoing_id: int, now: datetime) -> Claimed | None:
+def claim(conn: Connection, outgoing_id: int, now: datetime, lease: timedelta) -> Claimed | None:
+    """The mail, claimed until `now + lease`, if it is pending or its last claim ran out; else None."""
     row = conn.execute(
         update(outgoing_mail)
         .where(
             outgoing_mail.c.id == outgoing_id,
             or_(
                 outgoing_mail.c.state == "pending",
-                and_(outgoing_mail.c.state == "sending", outgoing_mail.c.claimed_until < now),
+                and_(outgoing_mail.c.state == "sending", outgoing_mail.c.claimed_until <= now),
             ),
         )
-        .values(state="sending", claimed_until=now + CLAIM_LEASE, attempts=outgoing_mail.c.attempts + 1)
+        .values(state="sending", claimed_until=now + lease, attempts=outgoing_mail.c.attempts + 1)
         .returning(outgoing_mail.c.id, outgoing_mail.c.kind, outgoing_mail.c.recipient, outgoing_mail.c.raw)
     ).one_or_none()
     return Claimed(row.id, row.kind, row.recipient, row.raw) if row else None
+
+
+def held_until(conn: Connection, outgoing_id: int, now: datetime) -> datetime | None:
+    """When the live claim on a mail being sent runs out, or None when nobody holds it."""
+    until: datetime | None = conn.execute(
+        select(outgoing_mail.c.claimed_until).where(
+            outgoing_mail.c.id == outgoing_id,
+            outgoing_mail.c.state == "sending",
+            outgoing_mail.c.claimed_until > now,
+        )
+    ).scalar()
+    return until
 
 
 def mark(conn: Connection, outgoing_id: int, state: str, now: datetime, error: str | None = None) -> None:

@@ -6,14 +6,15 @@ import smtplib
 from dataclasses import dataclass
 from pathlib import Path
 
+from postkasse.errors import Safe
 from postkasse.tls import client_context
 
 
-class RelayNotConfigured(RuntimeError):
+class RelayNotConfigured(Safe, RuntimeError):
     """outbound.host is empty: mail waits, and fails visibly after its retries."""
 
 
-class PermanentFailure(RuntimeError):
+class PermanentFailure(Safe, RuntimeError):
     """The relay refused the mail for good (5xx); retrying would not help."""
 
 
