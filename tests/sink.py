@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -27,13 +28,27 @@ class Delivered:
 
 
 class Sink:
-    def __init__(self, port: int | None = None, **smtp: Any) -> None:
+    """`delay`: a slow relay, taking that many seconds over each message before it answers DATA. Like a relay
+    that takes a message on only as it answers 250, it keeps nothing from a client that left meanwhile
+    (aiosmtpd cancels the handler when the connection is lost); `holding` counts the messages in hand."""
+
+    def __init__(self, port: int | None = None, delay: float = 0.0, **smtp: Any) -> None:
         self.port = port or free_port()
+        self.delay = delay
+        self.holding = 0
         self.received: list[Delivered] = []
         self.lock = threading.Lock()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **smtp)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            with self.lock:
+                self.holding += 1
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                with self.lock:
+                    self.holding -= 1
         with self.lock:
             sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
             self.received.append(Delivered(sender, tuple(envelope.rcpt_tos), envelope.original_content))

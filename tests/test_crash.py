@@ -6,6 +6,7 @@ but is never half-stored; every stored message's work completes exactly once aft
 
 from __future__ import annotations
 
+import email
 import hashlib
 import os
 import random
@@ -19,10 +20,11 @@ import pytest
 from sqlalchemy import func, select
 
 from postkasse.store import Store, outbox
-from postkasse.store.schema import message_headers, messages, referrals
+from postkasse.store.schema import message_headers, messages, outgoing_mail, referrals
 from tests.conftest import REDIS_URL
 from tests.helpers import make_message, send
 from tests.servers import Daemon, RedisServer, Worker, wait_until
+from tests.sink import Sink
 
 CLIENTS = 20
 PER_CLIENT = 15
@@ -173,3 +175,51 @@ def test_killed_broker_loses_its_queue_but_the_outbox_resends_it(
         store.dispose()
     finally:
         redis.kill()
+
+
+@pytest.mark.slow
+def test_receipts_cut_off_by_a_killed_daemon_reach_the_relay_exactly_once(
+    daemon_factory: type[Daemon], tmp_path: Path
+) -> None:
+    total, threads = 6, 2
+    relay = Sink(delay=1.0).start()  # each receipt takes a second at the relay: the kill comes mid-send
+    database_url = f"sqlite:///{tmp_path / 'pk.db'}"
+    daemon = daemon_factory(
+        tmp_path,
+        database_url,
+        broker={"worker_threads": threads},
+        outbox={"redrive_interval_seconds": 0.5},
+        outbound={
+            "host": "127.0.0.1",
+            "port": relay.port,
+            "tls": "none",
+            "timeout_seconds": 2,
+            "claim_lease_seconds": 30,  # the least for a 2 s relay timeout
+        },
+    )
+    store = Store(database_url)
+    try:
+        daemon.start()
+        originals = [make_message() for _ in range(total)]
+        for raw in originals:
+            assert send(daemon.smtp_port, raw)[0] == 250
+        # Every worker thread is in the middle of a send, none between the relay's 250 and marking it sent.
+        wait_until(lambda: relay.holding == threads, 60, "both workers to be sending a receipt")
+        daemon.kill()
+        with store.read() as conn:
+            states = Counter(conn.execute(select(outgoing_mail.c.state)).scalars())
+        assert states["sending"] == threads, states  # claimed by the dead daemon; the relay kept nothing
+        assert len(relay.mails()) < total
+
+        daemon.start()  # its redriver resends the jobs; the dead claims are taken up once they run out
+        wait_until(lambda: len(relay.mails()) >= total, 120, f"{total} receipts at the relay")
+        wait_until(lambda: backlog(store) == {"done": 4 * total}, 30, "every job to be done")
+        with store.read() as conn:
+            assert set(conn.execute(select(outgoing_mail.c.state)).scalars()) == {"sent"}
+        answered = Counter(d.mail["In-Reply-To"] for d in relay.mails())
+        expected = {email.message_from_bytes(raw)["Message-ID"] for raw in originals}
+        assert answered == dict.fromkeys(expected, 1)  # every message's receipt, each exactly once
+        assert daemon.terminate() == 0
+    finally:
+        store.dispose()
+        relay.stop()
