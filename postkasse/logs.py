@@ -1,8 +1,9 @@
 """Structured logs (structlog, JSON) that never carry a CPR number.
 
 Every event, including those of aiosmtpd, uvicorn and dramatiq through the standard library, passes
-`mask_cpr`, which replaces anything shaped like a CPR number (ten digits, with or without the dash
-after six) in every field, nested values and formatted tracebacks included.
+`mask_cpr`, which replaces anything shaped like a CPR number in every field, nested values and formatted
+tracebacks included: six digits and four, as people write them (`DDMMYY-SSSS`, `DDMMYY SSSS`,
+`DDMMYYSSSS`, `DDMMYY - SSSS`, any dash), but not ten digits inside a longer run of digits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import structlog
 
-CPR_SHAPE = re.compile(r"(?<!\d)\d{6}-?\d{4}(?!\d)")
+CPR_SHAPE = re.compile(r"(?<!\d)\d{6}(?:[ \t\u00a0]*[-\u2010-\u2015\u2212][ \t\u00a0]*|[ \t\u00a0])?\d{4}(?!\d)")
 CPR_MASK = "[cpr]"
 
 # Loggers that write every SMTP command (and at DEBUG message content), or chatter at INFO.
