@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import traceback
 
 from sqlalchemy import exc as db
 
@@ -32,6 +33,11 @@ UNKNOWN = "no details kept: the exception's text may quote the message's content
 
 class Safe(Exception):
     """An exception whose message postkasse wrote from ids, codes and settings, never from content."""
+
+
+def trace(exc: BaseException) -> str:
+    """The frames `exc` passed through, for the log, without its text."""
+    return "".join(traceback.format_tb(exc.__traceback__))
 
 
 def describe(exc: BaseException) -> str:

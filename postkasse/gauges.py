@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, func, select
 
-from postkasse import logs
+from postkasse import errors, logs
 from postkasse.clock import Clock
 from postkasse.deadlines.alerts import last_check
 from postkasse.deadlines.assess import assess
@@ -62,7 +62,7 @@ class StoreGauges(Collector):
                     with self.store.read() as conn:
                         self.cached = (time.monotonic(), list(self._read(conn, self.clock.now())))
                 except Exception as exc:
-                    log.warning("could not read gauges from the store", error=str(exc))
+                    log.warning("could not read gauges from the store", error=errors.describe(exc))
                     self.cached = None
             families = self.cached[1] if self.cached else []
         ok.add_metric([], 1.0 if families else 0.0)

@@ -16,7 +16,9 @@ from typing import Any
 
 import structlog
 
-CPR_SHAPE = re.compile(r"(?<!\d)\d{6}(?:[ \t\u00a0]*[-\u2010-\u2015\u2212][ \t\u00a0]*|[ \t\u00a0])?\d{4}(?!\d)")
+CPR_SHAPE = re.compile(
+    r"(?<!\d)\d{6}(?:[ \t\u00a0]*[-\u2010-\u2015\u2212][ \t\u00a0]*|[ \t\u00a0])?\d{4}(?!\d)"
+)
 CPR_MASK = "[cpr]"
 
 # Loggers that write every SMTP command (and at DEBUG message content), or chatter at INFO.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import dramatiq
 from dramatiq.broker import Broker
 
-from postkasse import logs, metrics
+from postkasse import errors, logs, metrics
 from postkasse.pipeline import Next, Pipeline
 
 QUEUE = "postkasse"
@@ -49,7 +49,14 @@ class Actors:
 
     def _periodic(self, name: str, job: Job) -> dramatiq.Actor[[], None]:
         def perform() -> None:
-            self.dispatch(job())
+            try:
+                work = job()
+            except Exception as exc:  # logged here without its text, which may quote stored values
+                log.error(
+                    "periodic job failed", job=name, error=errors.describe(exc), stack=errors.trace(exc)
+                )
+                return
+            self.dispatch(work)
 
         # No retries, and a request left waiting (no worker ran) expires: the next tick asks again anyway.
         return dramatiq.actor(

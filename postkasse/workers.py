@@ -11,7 +11,7 @@ from dramatiq.broker import Broker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from postkasse import logs
+from postkasse import errors, logs
 from postkasse.clock import Clock
 from postkasse.config import Settings
 from postkasse.pipeline import Next
@@ -78,7 +78,7 @@ class Periodic(threading.Thread):
             try:
                 self.job()
             except Exception as exc:
-                log.warning("periodic job failed; will try again", job=self.name, error=str(exc))
+                log.warning("periodic job failed; will try again", job=self.name, error=errors.describe(exc))
             if self.stopping.wait(self.interval):
                 return
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from postkasse import logs
+from postkasse import errors, logs
 from postkasse.store import Store, StoreUnavailable
 from postkasse.store.schema import audit
 
@@ -58,7 +58,7 @@ class AuditLog:
         try:
             done.result(self.timeout)
         except Exception as exc:
-            raise StoreUnavailable(f"the audit trail could not be written: {exc}") from exc
+            raise StoreUnavailable(f"the audit trail could not be written: {errors.describe(exc)}") from None
 
     def close(self) -> None:
         self.pending.put(None)
@@ -84,7 +84,9 @@ class AuditLog:
                     conn.execute(insert(audit), [rows for rows, _ in group])
             except Exception as exc:
                 log.error(
-                    "audit rows could not be written; the reads are refused", count=len(group), error=str(exc)
+                    "audit rows could not be written; the reads are refused",
+                    count=len(group),
+                    error=errors.describe(exc),
                 )
                 for _, done in group:
                     done.set_exception(exc)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from postkasse import logs, metrics
+from postkasse import errors, logs, metrics
 from postkasse.store import Received, Store, Stored, StoreUnavailable
 from postkasse.store import messages as stored_messages
 
@@ -70,8 +70,9 @@ class GroupCommitter:
             try:
                 results = await loop.run_in_executor(self.writer, self._write, [item for item, _ in group])
             except Exception as exc:
-                log.error("store write failed; answering temporary failure", count=len(group), error=str(exc))
-                results = [StoreUnavailable(str(exc))] * len(group)
+                error = errors.describe(exc)
+                log.error("store write failed; answering temporary failure", count=len(group), error=error)
+                results = [StoreUnavailable(error)] * len(group)
             for (_, future), result in zip(group, results, strict=True):
                 if not future.done():
                     if isinstance(result, Exception):
@@ -91,13 +92,15 @@ class GroupCommitter:
         except Exception as exc:
             if len(group) == 1:
                 raise
-            log.warning("group commit failed; writing one by one", count=len(group), error=str(exc))
+            log.warning(
+                "group commit failed; writing one by one", count=len(group), error=errors.describe(exc)
+            )
             out = []
             for item in group:
                 try:
                     out.extend(self._commit([item]))
                 except Exception as single:
-                    out.append(StoreUnavailable(str(single)))
+                    out.append(StoreUnavailable(errors.describe(single)))
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         metrics.COMMIT_GROUP_SIZE.observe(len(group))
         return out
@@ -111,4 +114,4 @@ class GroupCommitter:
         try:
             self.on_committed(stored)
         except Exception as exc:
-            log.warning("after-commit hand-off failed; the outbox will resend", error=str(exc))
+            log.warning("after-commit hand-off failed; the outbox will resend", error=errors.describe(exc))

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from postkasse import logs, metrics
+from postkasse import errors, logs, metrics
 from postkasse.clock import Clock
 from postkasse.config import ImapAccount
 from postkasse.mailbox.committer import GroupCommitter
@@ -168,8 +168,9 @@ class AccountReader:
         except (ImapError, StoreDown) as exc:
             self._failed(str(exc))
         except Exception as exc:
-            log.exception("imap account failed unexpectedly", account=name)
-            self._failed(f"{type(exc).__name__}: {exc}")
+            error = errors.describe(exc)
+            log.error("imap account failed unexpectedly", account=name, error=error, stack=errors.trace(exc))
+            self._failed(error)
         finally:
             session.close()
             self.status.connected = self.status.idle = False
