@@ -286,3 +286,45 @@ def test_a_live_send_is_not_sent_again_by_a_redelivered_job(store: Store, sink: 
     f.clock.advance(CLAIM_LEASE * 2)
     f.run_all()
     assert len(sink.mails()) == 1
+
+
+@pytest.mark.parametrize(
+    ("message_id", "in_reply_to"),
+    [
+        (b"<henv-7@klinik.example\x00>", "<henv-7@klinik.example>"),  # a NUL inside
+        (b"<henv-7\x00\x01\x1b@klinik.example>", "<henv-7@klinik.example>"),
+        (b"<henv-7@klinik\r\n .example>", None),  # folded inside the id: no id is left to echo
+        (b"junk\x07 <henv-7@klinik.example> more", "<henv-7@klinik.example>"),
+        (b"<" + b"x" * 2000 + b"@klinik.example>", None),  # longer than a header line may be
+        (b"=?utf-8?q?=0D=0ABcc:_x@evil.example?=", None),
+    ],
+)
+def test_a_receipt_is_sent_whatever_the_message_id_holds(
+    store: Store, sink: Sink, message_id: bytes, in_reply_to: str | None
+) -> None:
+    if b"\x00" in message_id and store.dialect == "postgresql":
+        pytest.skip("storing a NUL in the Message-ID column on PostgreSQL is issue 11 part 6")
+    f = Fixture(store, sink.port)
+    f.message(RAW.replace(b"<henv-7@klinik.example>", message_id))
+    f.run_all()
+    (delivered,) = sink.mails()
+    mail = delivered.mail
+    assert mail["Subject"] == "Kvittering for modtagelse [PK-000001]"
+    assert mail["In-Reply-To"] == in_reply_to and mail["References"] == in_reply_to
+    assert mail["Bcc"] is None
+    head = delivered.raw.split(b"\r\n\r\n")[0]
+    assert all(32 <= byte < 127 or byte in b"\r\n\t" for byte in head)
+    assert b"\n" not in head.replace(b"\r\n", b"")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    ["laege@klinik.example\r\nRCPT TO:<x@evil.example>", "laege@klinik.example\x1b", "laege @klinik.example"],
+)
+def test_a_sender_address_no_header_may_hold_gets_no_receipt(store: Store, sink: Sink, sender: str) -> None:
+    f = Fixture(store, sink.port)
+    f.message(RAW, sender=sender)
+    f.run_all()
+    assert sink.mails() == []
+    with store.read() as conn:
+        assert conn.execute(select(outgoing_mail.c.suppressed_reason)).scalar_one() == "not_an_address"

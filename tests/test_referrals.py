@@ -14,7 +14,7 @@ from postkasse.clock import FixedClock
 from postkasse.committee import referrals
 from postkasse.committee.referrals import NewReferral, TransitionError
 from postkasse.deadlines.rules import RuleBook
-from postkasse.pipeline import Next, Pipeline
+from postkasse.pipeline import Next, Pipeline, StepFailed
 from postkasse.routing.policy import ROUTING_FAILED
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages
@@ -153,7 +153,7 @@ def test_routing_that_keeps_failing_ends_in_triage(store: Store, monkeypatch: py
         (work,) = outbox.due(conn, None, 10)
     sent: list[Next] = []
     for _ in range(step.max_attempts - 1):
-        with pytest.raises(RuntimeError):
+        with pytest.raises(StepFailed, match="RuntimeError"):
             pipeline.run(work.id, sent.extend)
     pipeline.run(work.id, sent.extend)
     with store.read() as conn:

@@ -48,11 +48,14 @@ def write_to_sender(
         .join(messages, messages.c.id == referrals.c.message_id)
         .where(referrals.c.id == referral_id)
     ).one()
-    if not row.mail_from:
-        raise SenderUnreachable("The message came without a return address; the sender cannot be written to.")
+    recipient = compose.address(row.mail_from)
+    if recipient is None:
+        raise SenderUnreachable(
+            "The message came without a usable return address; the sender cannot be written to."
+        )
     mail = compose.committee_message(
         from_address=from_address,
-        to=row.mail_from,
+        to=recipient,
         reference=reference(referral_id),
         committee=committee,
         text=text,
@@ -62,7 +65,7 @@ def write_to_sender(
         conn,
         "committee_message",
         mail,
-        recipient=row.mail_from,
+        recipient=recipient,
         referral_id=referral_id,
         answers_message=row.message_id,
         now=now,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from email.message import Message
 
+from postkasse.receipts.compose import address
+
 BULK_PRECEDENCE = {"bulk", "list", "junk"}
 DAEMON_LOCALPARTS = {"mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply", "do-not-reply"}
 
@@ -16,6 +18,8 @@ def refusal(envelope_sender: str, headers: Message, own_addresses: Collection[st
         return "null_sender"
     if "@" not in sender:
         return "not_an_address"  # e.g. a document submitted over the API: its answer waits to be fetched
+    if address(sender) is None:
+        return "not_an_address"  # a line break, NUL or space in it: no header or relay command may hold it
     if sender in {a.lower() for a in own_addresses}:
         return "own_address"
     if sender.partition("@")[0] in DAEMON_LOCALPARTS or sender.partition("@")[0].startswith("owner-"):

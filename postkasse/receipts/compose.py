@@ -1,11 +1,14 @@
 """The mails postkasse writes: receipts (automatic) and committee messages (written by a person).
 
 Receipts say where the message went and when it is due, in words a clinician understands, with a short
-English line; they never carry a CPR number, a name or the original subject.
+English line; they never carry a CPR number, a name or the original subject. The values taken from the
+incoming mail, its Message-ID and its sender's address, are cleaned first: a line break, a NUL or another
+control character in them must not break the header (or fail the mail for good).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -18,20 +21,49 @@ ENGLISH = (
 )
 
 
+# RFC 5322 msg-id: printable ASCII but "<", ">" and space, in angle brackets; room left on a 998-octet line.
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>")
+# Control characters (C0, DEL, C1), white space and the characters that end an address in a header.
+_NOT_IN_ADDRESS = re.compile(r"[\x00-\x20\x7f-\x9f<>(),;\"\\\s]")
+
+
+def message_id(value: str | None) -> str | None:
+    """The first well-formed message id in a header value from incoming mail, for In-Reply-To; None if
+    it has none. Control characters are dropped first, so a NUL inside an id does not hide it."""
+    found = _MESSAGE_ID.search(re.sub(r"[\x00-\x1f\x7f]", "", value or ""))
+    return found.group() if found else None
+
+
+def address(value: str | None) -> str | None:
+    """An envelope address from incoming mail, if it is one a mail can be sent to: local@domain, nothing
+    that could end a header or a command (line breaks, NUL, spaces, brackets)."""
+    candidate = (value or "").strip()
+    if candidate.startswith("<") and candidate.endswith(">"):
+        candidate = candidate[1:-1]
+    local, at, domain = candidate.rpartition("@")
+    if not (local and at and domain) or _NOT_IN_ADDRESS.search(candidate):
+        return None
+    return candidate
+
+
 def _local(moment: datetime) -> str:
     return moment.astimezone(COPENHAGEN).strftime("%d-%m-%Y kl. %H:%M")
 
 
 def _base(from_address: str, to: str, subject: str, in_reply_to: str | None) -> EmailMessage:
+    recipient = address(to)
+    if recipient is None:
+        raise ValueError("the recipient is not an address a mail can be sent to")
     mail = EmailMessage()
     mail["From"] = from_address
-    mail["To"] = to
+    mail["To"] = recipient
     mail["Subject"] = subject
     mail["Date"] = format_datetime(datetime.now(COPENHAGEN))
     mail["Message-ID"] = make_msgid(domain=from_address.rpartition("@")[2] or "postkasse.localhost")
-    if in_reply_to:
-        mail["In-Reply-To"] = in_reply_to
-        mail["References"] = in_reply_to
+    thread = message_id(in_reply_to)
+    if thread:
+        mail["In-Reply-To"] = thread
+        mail["References"] = thread
     return mail
 
 
