@@ -21,11 +21,19 @@ LABELLED_CPR = re.compile(rf"{_CPR_LABEL}\s*[:.]?\s*(\d{{6}}\s?-?\s?[0-9A-Za-z]{
 DASHED_CPR = re.compile(r"(?<![\dA-Za-z-])(\d{6}-[0-9A-Z]{4})(?![\dA-Za-z])")
 BARE_CPR = re.compile(r"(?<![\d+-])(\d{10})(?![\d])")
 
-_STREET = r"(?P<street>[A-Za-zÆØÅæøåÉéÜüÖöÄä][\w .'-]*?)\s+(?P<number>\d+\s?[A-Za-z]?)\b[^\n,]*"
-_POSTAL = r"(?P<postal>\d{4})\s+(?P<city>[A-Za-zÆØÅæøå][^\n,]*)"
-ADDRESS_ONE_LINE = re.compile(rf"^[ \t]*(?:adresse|bopæl|adr\.)\s*:?\s*{_STREET},\s*{_POSTAL}", re.I | re.M)
+# Floor and side as Danes write them after the house number: "2. th.", "st. tv.", "1. sal", "2.mf", "kl.".
+_FLOOR = r"(?:st|kl|kld|\d{1,2})\b\.?(?:[ \t]*sal\b\.?)?"
+_SIDE = r"(?:th|tv|mf|\d{1,3})\b\.?"
+_UNIT = rf"(?:[ \t]*,?[ \t]*{_FLOOR}(?:[ \t]*,?[ \t]*{_SIDE})?)?"
+_STREET = (
+    r"(?P<street>[A-Za-zÆØÅæøåÉéÜüÖöÄä][\w .'-]*?)\s+(?P<number>\d+(?:[ \t]?[A-Za-z](?![\w.]))?)"
+    rf"{_UNIT}[^\n,]*"
+)
+_POSTAL = r"(?<!\d)(?P<postal>\d{4})\s+(?P<city>[A-Za-zÆØÅæøå][^\n,]*)"
+_LABEL = r"(?:adresse|bopæl|adr\.)"
+ADDRESS_ONE_LINE = re.compile(rf"^[ \t]*{_LABEL}\s*:?\s*{_STREET},[ \t]*{_POSTAL}", re.I | re.M)
 ADDRESS_TWO_LINES = re.compile(
-    rf"^[ \t]*(?:(?:adresse|bopæl|adr\.)\s*:?\s*)?{_STREET}[ \t]*,?[ \t]*\r?\n[ \t]*{_POSTAL}", re.I | re.M
+    rf"^[ \t]*(?:{_LABEL}[ \t]*:?\s*)?{_STREET}[ \t]*,?[ \t]*\r?\n[ \t]*{_POSTAL}", re.I | re.M
 )
 POSTAL_LABEL = re.compile(r"^[ \t]*post(?:nr|nummer)\.?\s*:?\s*(?P<postal>\d{4})\b", re.I | re.M)
 NAME = re.compile(
