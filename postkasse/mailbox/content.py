@@ -16,6 +16,7 @@ from email.errors import MessageDefect
 from email.feedparser import BytesFeedParser
 from email.header import Header, decode_header, make_header
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from html import unescape
 from typing import Any
 
@@ -29,6 +30,7 @@ SAFE_NAME = "vedhaeftning-{n}.bin"
 
 TOO_DEEP = "Beskeden er indlejret for dybt; de inderste dele er ikke læst."
 UNKNOWN_CHARSET = "Tegnsættet for beskedens tekst kendes ikke; teksten er læst som UTF-8 eller Windows-1252."
+UNREADABLE = "Beskedens opbygning kunne ikke læses."
 WRONG_CHARSET = "Teksten passer ikke til sit angivne tegnsæt; den er læst som UTF-8 eller Windows-1252."
 
 _WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
@@ -69,6 +71,7 @@ class _BoundedParser(BytesFeedParser):
 class Mail:
     message: Part
     notes: list[str] = field(default_factory=list)
+    unreadable: bool = False  # the structure or the text could not be read at all
 
     def note(self, sentence: str) -> None:
         if sentence not in self.notes:
@@ -80,11 +83,14 @@ class Mail:
 
     def text(self) -> str:
         """The readable text: the plain part, or the HTML part without its tags; empty if there is none."""
-        body = self.message.get_body(preferencelist=("plain", "html"))
-        if body is None:
+        try:
+            body = self.message.get_body(preferencelist=("plain", "html"))
+            payload = body.get_payload(decode=True) if body is not None else None
+        except Exception:  # the email package trips over some structures (a multipart holding a string)
+            self.unreadable = True
+            self.note(UNREADABLE)
             return ""
-        payload = body.get_payload(decode=True)
-        if not isinstance(payload, bytes):
+        if body is None or not isinstance(payload, bytes):
             return ""
         content = self.decode(payload, body.get_content_charset()).replace("\r\n", "\n")
         if body.get_content_type() == "text/html":
@@ -106,24 +112,32 @@ class Mail:
 
     def attachments(self) -> list[dict[str, Any]]:
         """Each attachment's name, type and size; a name that cannot be read safely gets a made-up one."""
-        found = []
-        for number, part in enumerate(self.message.iter_attachments(), start=1):
-            payload = part.get_payload(decode=True)
-            found.append(
-                {
-                    "filename": _filename(part, number),
-                    "content_type": part.get_content_type(),
-                    "size": len(payload) if isinstance(payload, bytes) else 0,
-                }
-            )
+        found: list[dict[str, Any]] = []
+        try:
+            for number, part in enumerate(self.message.iter_attachments(), start=1):
+                payload = part.get_payload(decode=True)
+                found.append(
+                    {
+                        "filename": _filename(part, number),
+                        "content_type": part.get_content_type(),
+                        "size": len(payload) if isinstance(payload, bytes) else 0,
+                    }
+                )
+        except Exception:  # a structure the email package cannot walk: the ones found so far are shown
+            self.note(UNREADABLE)
         return found
 
 
 def read(raw: bytes) -> Mail:
     """Parse a stored message, bounded in depth; a defect becomes a note, never an exception."""
     parser = _BoundedParser(_factory=Part, policy=policy.compat32)
-    parser.feed(raw)
-    message = parser.close()
+    try:
+        parser.feed(raw)
+        message = parser.close()
+    except Exception:  # nothing but the bytes is involved: whatever fails here is the content
+        headers = BytesHeaderParser(_class=Part, policy=policy.compat32).parsebytes(raw)
+        assert isinstance(headers, Part)
+        return Mail(headers, [UNREADABLE], unreadable=True)
     assert isinstance(message, Part)
     mail = Mail(message)
     if parser.too_deep:

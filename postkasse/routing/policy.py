@@ -124,9 +124,12 @@ def _name(lookups: Lookups, code: str) -> str:
     return municipality.name if municipality else "ukendt kommune"
 
 
-def unreadable() -> Decision:
-    """Triage for a message whose content could not be read at all."""
-    return _Trace().triage(UNREADABLE_CONTENT)
+def unreadable(notes: tuple[str, ...] = ()) -> Decision:
+    """Triage for a message whose content could not be read at all, saying what could not be read."""
+    trace = _Trace()
+    for note in notes:
+        trace.note(note)
+    return trace.triage(UNREADABLE_CONTENT)
 
 
 def decide(facts: Facts, lookups: Lookups, today: date, ages: AgeRange = AgeRange()) -> Decision:

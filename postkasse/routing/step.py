@@ -11,6 +11,7 @@ import time
 from array import array
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from email.errors import MessageError
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -31,7 +32,6 @@ from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Deci
 from postkasse.routing.refdata import Geography, imports
 from postkasse.routing.registry import LocalRegistry, Registry
 from postkasse.routing.senders import SenderKinds
-from postkasse.store import StoreUnavailable
 from postkasse.store import messages as stored
 from postkasse.store.schema import messages
 
@@ -39,11 +39,15 @@ log = logs.get(__name__)
 
 
 def content_fault(exc: BaseException) -> bool:
-    """Whether reading the message failed because of what it holds, not because the store or the network
-    did: a value the store refuses is content; any other store error, and any OS error, is not."""
+    """Whether routing failed on what the message holds rather than on the store, the network or a lookup:
+    errors of decoding and parsing, and a value the store refuses. Anything else raises, to be retried."""
     if isinstance(exc, DataError):
         return True
-    return not isinstance(exc, SQLAlchemyError | StoreUnavailable | OSError | MemoryError)
+    if isinstance(exc, SQLAlchemyError):
+        return False
+    return isinstance(
+        exc, ValueError | LookupError | RecursionError | MessageError | SyntaxError | ArithmeticError
+    )
 
 
 class StoreLookups:
@@ -193,6 +197,8 @@ class RouteMessage:
             correspondence.attach_reply(conn, answered, message.id, message.mail_from, text, now)
             return [("receipt", message.id)]
         facts = self.router.mail.facts(mail)
+        if mail.unreadable:
+            return self._create(conn, message, unreadable(facts.notes), facts, now)
         decision = self.router.decide_facts(conn, facts, message.received_at)
         return self._create(conn, message, decision, facts, now)
 
