@@ -314,13 +314,18 @@ def cmd_queue_pull(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     url = args.url or f"http://{settings.http.host}:{settings.http.port}"
     try:
-        pulled = pull_queue(ApiClient(url, token), args.municipality, Path(args.out))
+        result = pull_queue(ApiClient(url, token), args.municipality, Path(args.out))
     except ApiClientError as exc:
         print(f"postkasse queue pull: {exc}", file=sys.stderr)
         return 1
-    for reference in pulled:
+    for reference in result.pulled:
         print(reference)
-    print(f"{len(pulled)} referrals pulled into {args.out}", file=sys.stderr)
+    for failure in result.failed:
+        print(f"postkasse queue pull: not fetched, left in the queue: {failure}", file=sys.stderr)
+    print(f"{len(result.pulled)} referrals pulled into {args.out}", file=sys.stderr)
+    if result.failed:
+        print(f"{len(result.failed)} referrals could not be fetched", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -147,7 +147,7 @@ def test_routing_that_keeps_failing_ends_in_triage(store: Store, monkeypatch: py
     def broken(*_: object) -> None:
         raise RuntimeError("registry timed out")
 
-    monkeypatch.setattr(step.router, "decide", broken)
+    monkeypatch.setattr(step.router, "decide_facts", broken)
     pipeline = Pipeline([step], store, FixedClock(T0), timedelta(minutes=5))
     with store.read() as conn:
         (work,) = outbox.due(conn, None, 10)

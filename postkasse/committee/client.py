@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +42,37 @@ class ApiClient:
         return json.loads(self.request(method, path, body)[0])
 
 
-def pull_queue(client: ApiClient, municipality: str, out: Path) -> list[str]:
-    """Save each new referral (JSON and the original message) and mark it pulled; returns the references.
+@dataclass
+class PullResult:
+    pulled: list[str] = field(default_factory=list)  # references saved and marked pulled
+    failed: list[str] = field(default_factory=list)  # "PK-000001 (id 1): the API's error", no content
 
-    Files are written before the pull, so a referral is never marked taken without being saved."""
+
+def pull_queue(client: ApiClient, municipality: str, out: Path) -> PullResult:
+    """Save each new referral (JSON and the original message) and mark it pulled.
+
+    Files are written before the pull, so a referral is never marked taken without being saved. A referral
+    that cannot be fetched is passed over and named in `failed`: one bad referral never holds up the rest."""
     out.mkdir(parents=True, exist_ok=True)
-    pulled: list[str] = []
+    result = PullResult()
+    cursor = 0
     while True:
-        page = client.json("GET", f"/api/v1/municipalities/{municipality}/referrals?state=new")
+        page = client.json(
+            "GET", f"/api/v1/municipalities/{municipality}/referrals?state=new&cursor={cursor}"
+        )
         if not page["items"]:
-            return pulled
+            return result
         for item in page["items"]:
-            referral = client.json("GET", f"/api/v1/referrals/{item['id']}")
-            raw, _ = client.request("GET", f"/api/v1/referrals/{item['id']}/raw")
-            (out / f"{item['reference']}.eml").write_bytes(raw)
-            (out / f"{item['reference']}.json").write_text(json.dumps(referral, ensure_ascii=False, indent=2))
-            client.json("POST", f"/api/v1/referrals/{item['id']}/pull")
-            pulled.append(item["reference"])
+            cursor = item["id"]
+            try:
+                referral = client.json("GET", f"/api/v1/referrals/{item['id']}")
+                raw, _ = client.request("GET", f"/api/v1/referrals/{item['id']}/raw")
+                (out / f"{item['reference']}.eml").write_bytes(raw)
+                (out / f"{item['reference']}.json").write_text(
+                    json.dumps(referral, ensure_ascii=False, indent=2)
+                )
+                client.json("POST", f"/api/v1/referrals/{item['id']}/pull")
+            except ApiClientError as exc:
+                result.failed.append(f"{item['reference']} (id {item['id']}): {exc}")
+                continue
+            result.pulled.append(item["reference"])

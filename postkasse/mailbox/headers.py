@@ -1,19 +1,23 @@
-"""The `parse` step: read a stored message's headers into columns the rest of the system can query."""
+"""The `parse` step: read a stored message's headers into columns the rest of the system can query.
+
+Headers are read with compat32, which never parses a value's structure, and decoded by `readable`, which
+never raises: nothing a sender writes can make this step fail."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email import policy
-from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
-from typing import Any
 
 from sqlalchemy import Connection, insert
 
+from postkasse.mailbox.content import readable
 from postkasse.pipeline import Follow
-from postkasse.store.messages import raw_of
+from postkasse.store.messages import raw_of, storable
 from postkasse.store.schema import message_headers
+
+__all__ = ["ParseHeaders", "readable"]  # `readable` is read from here too
 
 _PARSER = BytesHeaderParser(policy=policy.compat32)
 
@@ -32,7 +36,7 @@ class ParseHeaders:
                 from_header=readable(headers["From"]),
                 subject=readable(headers["Subject"]),
                 date_header=readable(headers["Date"]),
-                content_type=headers.get_content_type(),
+                content_type=storable(headers.get_content_type()),
                 defects=len(headers.defects),
                 parsed_at=now,
             )
@@ -42,13 +46,3 @@ class ParseHeaders:
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         """Headers that cannot be read are no reason not to route: routing reads the message itself."""
         return [("route", message_id)]
-
-
-def readable(value: Any) -> str | None:
-    """A header as readable text: RFC 2047 words decoded, raw 8-bit kept as well as it goes."""
-    if value is None:
-        return None
-    try:
-        return str(make_header(decode_header(str(value))))
-    except (UnicodeError, LookupError, ValueError):
-        return str(value)

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from email import policy
-from email.message import EmailMessage
-from email.parser import BytesParser
-from html import unescape
 
 from stdnum.dk import cpr as stdnum_cpr
 from stdnum.exceptions import ValidationError
 
+from postkasse.mailbox import content
 from postkasse.routing.facts import Address, Extractor, Facts
 
 _CPR_LABEL = r"(?:cpr(?:[\s.-]*(?:nr|nummer))?\.?|personnummer|personnr\.?)"
@@ -24,11 +21,19 @@ LABELLED_CPR = re.compile(rf"{_CPR_LABEL}\s*[:.]?\s*(\d{{6}}\s?-?\s?[0-9A-Za-z]{
 DASHED_CPR = re.compile(r"(?<![\dA-Za-z-])(\d{6}-[0-9A-Z]{4})(?![\dA-Za-z])")
 BARE_CPR = re.compile(r"(?<![\d+-])(\d{10})(?![\d])")
 
-_STREET = r"(?P<street>[A-Za-zÆØÅæøåÉéÜüÖöÄä][\w .'-]*?)\s+(?P<number>\d+\s?[A-Za-z]?)\b[^\n,]*"
-_POSTAL = r"(?P<postal>\d{4})\s+(?P<city>[A-Za-zÆØÅæøå][^\n,]*)"
-ADDRESS_ONE_LINE = re.compile(rf"^[ \t]*(?:adresse|bopæl|adr\.)\s*:?\s*{_STREET},\s*{_POSTAL}", re.I | re.M)
+# Floor and side as Danes write them after the house number: "2. th.", "st. tv.", "1. sal", "2.mf", "kl.".
+_FLOOR = r"(?:st|kl|kld|\d{1,2})\b\.?(?:[ \t]*sal\b\.?)?"
+_SIDE = r"(?:th|tv|mf|\d{1,3})\b\.?"
+_UNIT = rf"(?:[ \t]*,?[ \t]*{_FLOOR}(?:[ \t]*,?[ \t]*{_SIDE})?)?"
+_STREET = (
+    r"(?P<street>[A-Za-zÆØÅæøåÉéÜüÖöÄä][\w .'-]*?)\s+(?P<number>\d+(?:[ \t]?[A-Za-z](?![\w.]))?)"
+    rf"{_UNIT}[^\n,]*"
+)
+_POSTAL = r"(?<!\d)(?P<postal>\d{4})\s+(?P<city>[A-Za-zÆØÅæøå][^\n,]*)"
+_LABEL = r"(?:adresse|bopæl|adr\.)"
+ADDRESS_ONE_LINE = re.compile(rf"^[ \t]*{_LABEL}\s*:?\s*{_STREET},[ \t]*{_POSTAL}", re.I | re.M)
 ADDRESS_TWO_LINES = re.compile(
-    rf"^[ \t]*(?:(?:adresse|bopæl|adr\.)\s*:?\s*)?{_STREET}[ \t]*,?[ \t]*\r?\n[ \t]*{_POSTAL}", re.I | re.M
+    rf"^[ \t]*(?:{_LABEL}[ \t]*:?\s*)?{_STREET}[ \t]*,?[ \t]*\r?\n[ \t]*{_POSTAL}", re.I | re.M
 )
 POSTAL_LABEL = re.compile(r"^[ \t]*post(?:nr|nummer)\.?\s*:?\s*(?P<postal>\d{4})\b", re.I | re.M)
 NAME = re.compile(
@@ -38,7 +43,6 @@ RECEIVER = re.compile(
     r"^[ \t]*(?:kommune|kommunekode|kommunenr\.?|modtager)\s*:\s*(?P<who>[^\n\r]+?)\s*$", re.I | re.M
 )
 URGENT = re.compile(r"\b(?:akut|haster|urgent)\b", re.I)
-_TAG = re.compile(r"<[^>]+>")
 
 
 def _normalise_cpr(text: str) -> str:
@@ -97,30 +101,6 @@ def normalise_name(name: str) -> str:
     return " ".join(name.split())
 
 
-def text_of(message: EmailMessage) -> str:
-    """The readable text of a mail: the plain part, or the HTML part without its tags."""
-    body = message.get_body(preferencelist=("plain", "html"))
-    if body is None:
-        return ""
-    payload = body.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    content = _decode(payload, body.get_content_charset() or "us-ascii").replace("\r\n", "\n")
-    if body.get_content_type() == "text/html":
-        content = unescape(_TAG.sub(" ", re.sub(r"(?i)<br\s*/?>|</p>|</div>", "\n", content)))
-    return content
-
-
-def _decode(payload: bytes, charset: str) -> str:
-    """Text in its declared charset; undeclared 8-bit text is tried as UTF-8, then Windows-1252."""
-    for candidate in (charset, "utf-8", "windows-1252"):
-        try:
-            return payload.decode(candidate)
-        except (LookupError, UnicodeDecodeError):
-            continue
-    return payload.decode("latin-1")
-
-
 class MailExtractor:
     """The fallback extractor: any RFC 5322 mail, read from its subject and text body."""
 
@@ -133,10 +113,12 @@ class MailExtractor:
         return True
 
     def extract(self, raw: bytes) -> Facts:
-        message = BytesParser(policy=policy.default).parsebytes(raw)
-        assert isinstance(message, EmailMessage)
-        subject = str(message.get("Subject", "") or "")
-        body = text_of(message)
+        return self.facts(content.read(raw))
+
+    def facts(self, mail: content.Mail) -> Facts:
+        """The facts of a parsed mail; what could not be read is among its notes."""
+        subject = mail.header("Subject") or ""
+        body = mail.text()
         text = f"{subject}\n{body}"
         name = NAME.search(body)
         return Facts(
@@ -145,8 +127,9 @@ class MailExtractor:
             address=find_address(body),
             receiver_municipality=find_receiver(body, self.municipality_names),
             subject=subject or None,
-            urgent=bool(URGENT.search(subject)) or message.get("Priority", "").lower() == "urgent",
+            urgent=bool(URGENT.search(subject)) or (mail.header("Priority") or "").lower() == "urgent",
             source=self.name,
+            notes=tuple(mail.notes),
         )
 
 

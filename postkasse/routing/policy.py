@@ -28,6 +28,7 @@ NO_LOCATION = "no_location"
 NOT_PARTICIPATING = "not_participating"
 UNKNOWN_MUNICIPALITY = "unknown_municipality"
 ROUTING_FAILED = "routing_failed"
+UNREADABLE_CONTENT = "unreadable_content"
 
 # Flags on routed referrals.
 ADDRESS_DISAGREES = "address_disagrees"
@@ -51,6 +52,7 @@ TRIAGE_TEXT = {
     NOT_PARTICIPATING: "Kommunen deltager ikke i den fælles postkasse.",
     UNKNOWN_MUNICIPALITY: "Kommunekoden findes ikke.",
     ROUTING_FAILED: "Beskeden kunne ikke sorteres automatisk.",
+    UNREADABLE_CONTENT: "Beskedens indhold kunne ikke læses, så den skal sorteres manuelt.",
 }
 
 
@@ -122,9 +124,19 @@ def _name(lookups: Lookups, code: str) -> str:
     return municipality.name if municipality else "ukendt kommune"
 
 
+def unreadable(notes: tuple[str, ...] = ()) -> Decision:
+    """Triage for a message whose content could not be read at all, saying what could not be read."""
+    trace = _Trace()
+    for note in notes:
+        trace.note(note)
+    return trace.triage(UNREADABLE_CONTENT)
+
+
 def decide(facts: Facts, lookups: Lookups, today: date, ages: AgeRange = AgeRange()) -> Decision:
     """Where the message goes, and why. `today` is the Danish date the message was received."""
     trace = _Trace()
+    for note in facts.notes:  # what could not be read comes first: it may be why a fact is missing
+        trace.note(note)
     if not facts.cprs:
         return trace.triage(NO_CPR)
     if len(facts.cprs) > 1:

@@ -11,29 +11,43 @@ import time
 from array import array
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from email import policy
-from email.parser import BytesHeaderParser, BytesParser
+from email.errors import MessageError
 from typing import Any
 
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
+from postkasse import logs
 from postkasse.clock import danish_date
 from postkasse.committee import correspondence, referrals
 from postkasse.config import Settings
 from postkasse.deadlines.rules import RuleBook, rulebook
+from postkasse.mailbox import content
 from postkasse.medcom.intake import MedcomIntake, document_of
 from postkasse.pipeline import Follow
-from postkasse.routing.extract import MailExtractor, extract, text_of
+from postkasse.routing.extract import MailExtractor, extract
 from postkasse.routing.facts import Extractor, Facts
 from postkasse.routing.municipalities import Municipalities
-from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Decision, decide
+from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Decision, decide, unreadable
 from postkasse.routing.refdata import Geography, imports
 from postkasse.routing.registry import LocalRegistry, Registry
 from postkasse.routing.senders import SenderKinds
 from postkasse.store import messages as stored
 from postkasse.store.schema import messages
 
-_HEADERS = BytesHeaderParser(policy=policy.compat32)
+log = logs.get(__name__)
+
+
+def content_fault(exc: BaseException) -> bool:
+    """Whether routing failed on what the message holds rather than on the store, the network or a lookup:
+    errors of decoding and parsing, and a value the store refuses. Anything else raises, to be retried."""
+    if isinstance(exc, DataError):
+        return True
+    if isinstance(exc, SQLAlchemyError):
+        return False
+    return isinstance(
+        exc, ValueError | LookupError | RecursionError | MessageError | SyntaxError | ArithmeticError
+    )
 
 
 class StoreLookups:
@@ -86,7 +100,8 @@ class Router:
     def __init__(self, municipalities: Municipalities, ages: AgeRange) -> None:
         self.municipalities = municipalities
         self.ages = ages
-        self.extractors: list[Extractor] = [MailExtractor(municipalities.by_name)]
+        self.mail = MailExtractor(municipalities.by_name)
+        self.extractors: list[Extractor] = [self.mail]
         self.reference = ReferenceCache()
 
     def lookups(self, conn: Connection) -> StoreLookups:
@@ -146,10 +161,24 @@ class RouteMessage:
         return [("receipt", message.id), *urgent]
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
+        """Route the message; content that cannot be read sends it to triage, and only the store's and the
+        broker's faults raise, so a retry can only help where one is asked for."""
         stored.hold(conn, message_id)
         if referrals.for_message(conn, message_id) is not None:
             return ()
         message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        try:
+            with conn.begin_nested():  # what a failed reading wrote is undone before triage is written
+                return self._route(conn, message, now)
+        except Exception as exc:
+            if not content_fault(exc):
+                raise
+            log.warning(
+                "content could not be read; sent to triage", message_id=message_id, error=type(exc).__name__
+            )
+        return self._create(conn, message, unreadable(), None, now)
+
+    def _route(self, conn: Connection, message: Any, now: datetime) -> Sequence[Follow]:
         document = document_of(message.channel, message.raw) if self.medcom else None
         if self.medcom and document is not None:
             return self.medcom.route(conn, message, document, now, self.router)
@@ -159,15 +188,18 @@ class RouteMessage:
             follow = self.run(conn, first, now)
             original = referrals.for_message(conn, first)
             if original is not None:
-                referrals.note_duplicate(conn, original.id, message_id, now)
-                return [*follow, ("receipt", message_id)]
-        headers = _HEADERS.parsebytes(message.raw)
-        answered = correspondence.match_reply(conn, message.mail_from, headers)
+                referrals.note_duplicate(conn, original.id, message.id, now)
+                return [*follow, ("receipt", message.id)]
+        mail = content.read(message.raw)
+        answered = correspondence.match_reply(conn, message.mail_from, mail.message)
         if answered is not None:
-            body = text_of(BytesParser(policy=policy.default).parsebytes(message.raw))
-            correspondence.attach_reply(conn, answered, message_id, message.mail_from, body.strip(), now)
-            return [("receipt", message_id)]
-        decision, facts = self.router.decide(conn, message.raw, message.received_at)
+            text = mail.text().strip()
+            correspondence.attach_reply(conn, answered, message.id, message.mail_from, text, now)
+            return [("receipt", message.id)]
+        facts = self.router.mail.facts(mail)
+        if mail.unreadable:
+            return self._create(conn, message, unreadable(facts.notes), facts, now)
+        decision = self.router.decide_facts(conn, facts, message.received_at)
         return self._create(conn, message, decision, facts, now)
 
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:

@@ -17,6 +17,14 @@ from postkasse.store.schema import messages
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+# PostgreSQL's text refuses NUL, and neither driver encodes a lone surrogate: text taken from a message is
+# cut to what both stores hold, so a message reads the same on either.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """The text without NUL, and with any lone surrogate as U+FFFD: the same on both stores."""
+    return _UNSTORABLE.sub(lambda m: "" if m.group(0) == "\x00" else "\ufffd", text)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def message_id_of(raw: bytes) -> str | None:
     match = _MESSAGE_ID.search(header_block(raw))
     if not match:
         return None
-    value = b" ".join(match.group(1).split()).decode("ascii", "replace").strip()
+    value = storable(b" ".join(match.group(1).split()).decode("ascii", "replace")).strip()
     return value[:998] or None
 
 
