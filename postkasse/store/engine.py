@@ -10,12 +10,24 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 _WRITE = "postkasse_write"
 
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or refused the write; callers answer 'try again later'."""
+
+
+@contextmanager
+def _unavailable_when_busy() -> Iterator[None]:
+    """SQLite's "database is locked" (a writer held the lock past the busy timeout) and a lost or refused
+    PostgreSQL connection are the store's state, not a fault in the request: they become StoreUnavailable
+    (503 with Retry-After over HTTP). Only the exception's type is kept: its text may quote stored values."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise StoreUnavailable(f"the store is busy or unreachable ({type(exc.orig).__name__})") from exc
 
 
 class Store:
@@ -35,7 +47,7 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with _unavailable_when_busy(), self.engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
@@ -61,7 +73,7 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with _unavailable_when_busy(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     def ping(self) -> bool:
