@@ -27,7 +27,7 @@ from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox.headers import readable
 from postkasse.medcom import answers
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
-from postkasse.medcom.parse import Schemas, facts, parse
+from postkasse.medcom.parse import Limits, Schemas, facts, parse
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
 from postkasse.routing.policy import Decision
@@ -91,6 +91,7 @@ class MedcomIntake:
     ) -> None:
         self.settings = settings
         self.schemas = Schemas(settings.schema_dir) if settings.schema_dir else None
+        self.limits = Limits(settings.max_document_bytes, settings.max_depth, settings.max_nodes)
         self.rules = rules
         self.senders = senders
         self.from_address = from_address
@@ -99,7 +100,7 @@ class MedcomIntake:
         )
 
     def read(self, data: bytes) -> Document:
-        return parse(data, schemas=self.schemas)
+        return parse(data, schemas=self.schemas, limits=self.limits)
 
     def route(self, conn: Connection, message: Any, data: bytes, now: datetime, router: Any) -> list[Follow]:
         """Route every letter of the document in `message`; returns the work that follows."""
@@ -107,7 +108,11 @@ class MedcomIntake:
             document = self.read(data)
         except MedcomError as refusal:
             log.warning(
-                "MedCom document refused", message=message.id, code=refusal.refuse_code, why=refusal.text
+                "MedCom document refused",
+                message=message.id,
+                code=refusal.refuse_code,
+                reason=refusal.reason,
+                why=refusal.text,
             )
             return self._refuse_unread(conn, message, data, refusal, now)
         if document.is_acknowledgement:
@@ -440,7 +445,10 @@ class MedcomIntake:
                 )
             except answers.ReceiptImpossible:
                 pass
-        body = json.dumps({"code": refusal.refuse_code, "detail": refusal.text}, ensure_ascii=False).encode()
+        body = json.dumps(
+            {"code": refusal.refuse_code, "reason": refusal.reason, "detail": refusal.text},
+            ensure_ascii=False,
+        ).encode()
         return self._deliver(
             conn, message, "refusal", refusal.refuse_code, body, "application/json", None, now
         )
