@@ -204,10 +204,15 @@ def test_a_newer_oioxml_version_is_read_and_routed_like_a_known_one(flow: Flow) 
     """A version whose schema is not installed (newer ones dropped sundcom.dk) has the same envelope,
     letter and patient: it becomes a referral like the known one, not a problem_med_version refusal."""
     known = flow.submit(fixture("REF01_1.xml"))
-    newer = fixture("REF01_1.xml").replace(
-        b"http://rep.oio.dk/sundcom.dk/medcom.dk/xml/schemas/2005/08/07/",
-        b"http://rep.oio.dk/medcom.dk/xml/schemas/2013/09/02/",
-    ).replace(b"Kuv1234", b"Kuv1235").replace(b"Brv5678", b"Brv5679")
+    newer = (
+        fixture("REF01_1.xml")
+        .replace(
+            b"http://rep.oio.dk/sundcom.dk/medcom.dk/xml/schemas/2005/08/07/",
+            b"http://rep.oio.dk/medcom.dk/xml/schemas/2013/09/02/",
+        )
+        .replace(b"Kuv1234", b"Kuv1235")
+        .replace(b"Brv5678", b"Brv5679")
+    )
     message_id = flow.submit(newer)
     assert flow.answers(message_id) == []  # minuspositivkvitt, and nothing to refuse
     (first,) = flow.referrals(known)

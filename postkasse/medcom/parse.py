@@ -27,6 +27,7 @@ import re
 import threading
 from dataclasses import dataclass
 from html import unescape
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -372,12 +373,14 @@ _ATTRIBUTE = re.compile(rb"=[ \t\r\n]*[\"']")
 
 def _refuse_many_xml_nodes(data: bytes, limits: Limits) -> None:
     """Count before parsing: every tag starts with `<` and every attribute is `=` and a quote, so the two
-    counts bound what libxml2 would build (it keeps all of one tag's attributes at once, ~300 bytes each).
-    The exact attribute count is taken only when the cheap count of `=` says it could matter."""
+    counts bound what libxml2 would build (it keeps all of one tag's attributes at once, ~100 bytes each).
+    Attributes are counted one by one only when the count of `=` says they could matter, and only until
+    the bound is crossed."""
     tags = data.count(b"<")
     if tags > limits.max_nodes:
         raise _too_many_nodes(limits)
-    if tags + data.count(b"=") > limits.max_nodes and tags + _ATTRIBUTE.subn(b"", data)[1] > limits.max_nodes:
+    room = limits.max_nodes - tags
+    if data.count(b"=") > room and next(islice(_ATTRIBUTE.finditer(data), room, None), None) is not None:
         raise _too_many_nodes(limits)
 
 
