@@ -222,6 +222,26 @@ def test_a_newer_oioxml_version_is_read_and_routed_like_a_known_one(flow: Flow) 
     assert [getattr(second, c) for c in routed] == [getattr(first, c) for c in routed]
 
 
+def test_a_prepared_document_is_routed_without_parsing_inside_the_write(flow: Flow) -> None:
+    """prepare() parses in a read transaction; the route step's write then takes its result, so it parses
+    nothing (given bytes that are no document at all, it still routes the stored one)."""
+    route = flow.pipeline.step(RouteMessage)
+    assert route.medcom is not None
+    item = Received("http", "api:epj", (), "127.0.0.1:1", True, flow.clock.now(), fixture("REF01_1.xml"))
+    with flow.store.write() as conn:
+        (saved,) = stored_messages.save(conn, [item], "parked", T0 + timedelta(hours=1))
+    route.medcom.prepare(flow.store, saved.message_id)
+    with flow.store.write() as conn:
+        message = conn.execute(select(messages).where(messages.c.id == saved.message_id)).one()
+        route.medcom.route(conn, message, b"not a document", flow.clock.now(), route.router)
+    (referral,) = flow.referrals(saved.message_id)
+    assert (referral.letter_id, referral.cpr) == ("Brv5678", "2406444917")
+    with flow.store.write() as conn:  # taken once: a second route parses what it is given
+        assert route.medcom.route(conn, message, b"not a document", flow.clock.now(), route.router) == []
+    (refusal,) = [a for a in flow.answers(saved.message_id) if a.kind == "refusal"]
+    assert refusal.code == "syntaksfejl"
+
+
 def test_a_hostile_document_is_refused_in_words(flow: Flow) -> None:
     bomb = (
         b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>'
