@@ -225,6 +225,13 @@ class MedcomSettings(_Section):
     schema_dir: Path | None = Field(
         None, description="MedCom's XSDs, <yyyy>/<mm>/<dd>/EMessage.xsd; none: no XSD"
     )
+    max_document_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="a document's size; larger ones are refused unread"
+    )
+    max_depth: int = Field(64, ge=8, le=200, description="nesting of XML elements, JSON arrays and objects")
+    max_nodes: int = Field(
+        100_000, ge=1000, description="XML tags and attributes, JSON values: refused beyond, before parsing"
+    )
 
     @field_validator("schema_dir")
     @classmethod

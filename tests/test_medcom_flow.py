@@ -181,9 +181,9 @@ def test_a_reused_envelope_with_a_new_letter_is_refused(flow: Flow) -> None:
     ("change", "code"),
     [
         ((b"<Priority>elektiv</Priority>", b"<Priority>hurtigst</Priority>"), "syntaksfejl"),
-        ((b"schemas/2005/08/07/", b"schemas/2099/01/01/"), "problem_med_version"),
+        ((b"http://rep.oio.dk/", b"http://example.org/"), "problem_med_version"),
     ],
-    ids=["schema error", "unknown version"],
+    ids=["schema error", "not a medcom namespace"],
 )
 def test_a_broken_oioxml_document_gets_a_negative_receipt_and_is_kept(
     flow: Flow, change: tuple[bytes, bytes], code: str
@@ -198,6 +198,48 @@ def test_a_broken_oioxml_document_gets_a_negative_receipt_and_is_kept(
     with flow.store.read() as conn:
         kept = conn.execute(select(messages.c.raw).where(messages.c.id == message_id))
         assert kept.scalar_one() == raw
+
+
+def test_a_newer_oioxml_version_is_read_and_routed_like_a_known_one(flow: Flow) -> None:
+    """A version whose schema is not installed (newer ones dropped sundcom.dk) has the same envelope,
+    letter and patient: it becomes a referral like the known one, not a problem_med_version refusal."""
+    known = flow.submit(fixture("REF01_1.xml"))
+    newer = (
+        fixture("REF01_1.xml")
+        .replace(
+            b"http://rep.oio.dk/sundcom.dk/medcom.dk/xml/schemas/2005/08/07/",
+            b"http://rep.oio.dk/medcom.dk/xml/schemas/2013/09/02/",
+        )
+        .replace(b"Kuv1234", b"Kuv1235")
+        .replace(b"Brv5678", b"Brv5679")
+    )
+    message_id = flow.submit(newer)
+    assert flow.answers(message_id) == []  # minuspositivkvitt, and nothing to refuse
+    (first,) = flow.referrals(known)
+    (second,) = flow.referrals(message_id)
+    assert second.letter_id == "Brv5679"
+    routed = ("state", "municipality", "triage_reason", "cpr", "patient_name", "sender_kind")
+    assert [getattr(second, c) for c in routed] == [getattr(first, c) for c in routed]
+
+
+def test_a_prepared_document_is_routed_without_parsing_inside_the_write(flow: Flow) -> None:
+    """prepare() parses in a read transaction; the route step's write then takes its result, so it parses
+    nothing (given bytes that are no document at all, it still routes the stored one)."""
+    route = flow.pipeline.step(RouteMessage)
+    assert route.medcom is not None
+    item = Received("http", "api:epj", (), "127.0.0.1:1", True, flow.clock.now(), fixture("REF01_1.xml"))
+    with flow.store.write() as conn:
+        (saved,) = stored_messages.save(conn, [item], "parked", T0 + timedelta(hours=1))
+    route.medcom.prepare(flow.store, saved.message_id)
+    with flow.store.write() as conn:
+        message = conn.execute(select(messages).where(messages.c.id == saved.message_id)).one()
+        route.medcom.route(conn, message, b"not a document", flow.clock.now(), route.router)
+    (referral,) = flow.referrals(saved.message_id)
+    assert (referral.letter_id, referral.cpr) == ("Brv5678", "2406444917")
+    with flow.store.write() as conn:  # taken once: a second route parses what it is given
+        assert route.medcom.route(conn, message, b"not a document", flow.clock.now(), route.router) == []
+    (refusal,) = [a for a in flow.answers(saved.message_id) if a.kind == "refusal"]
+    assert refusal.code == "syntaksfejl"
 
 
 def test_a_hostile_document_is_refused_in_words(flow: Flow) -> None:

@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 PAGE = 50
 SUBMISSION_TYPES = frozenset({"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json"})
+RETRY_AFTER_SECONDS = 5  # a busy store (SQLite's write lock) is free again within seconds
 MAX_ID = 2**63 - 1  # the store's ids are 64-bit; anything larger names nothing
 
 ReferralId = Annotated[int, Path(ge=1, le=MAX_ID, description="the referral's id")]
@@ -465,8 +466,12 @@ def install(app: FastAPI, api: Api) -> None:
     @app.exception_handler(StoreUnavailable)
     async def unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
         return JSONResponse(
-            {"code": "store_unavailable", "detail": "The store cannot be reached; try again shortly."},
+            {
+                "code": "store_unavailable",
+                "detail": "The store is busy or cannot be reached; try again shortly.",
+            },
             status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
     @app.exception_handler(RequestValidationError)

@@ -26,7 +26,10 @@ REFUSE_CODES = (
 class MedcomError(Exception):
     """A document MedCom's rules say to refuse, with the refusal code and a sentence for the sender.
 
-    `envelope_id` and `letter_id` are set when they could still be read, so the refusal can name them."""
+    `envelope_id` and `letter_id` are set when they could still be read, so the refusal can name them.
+    `reason` is a stable name for the cause, finer than MedCom's five codes (`too_many_nodes`,
+    `json_duplicate_key`, ...), for the sender's JSON answer, the log and the operator; the text never
+    quotes a value from the document."""
 
     def __init__(
         self,
@@ -35,11 +38,13 @@ class MedcomError(Exception):
         *,
         envelope_id: str | None = None,
         letter_id: str | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(text)
         if refuse_code not in REFUSE_CODES:
             raise ValueError(f"unknown refuse code {refuse_code!r}")
         self.refuse_code = refuse_code
+        self.reason = reason or refuse_code
         self.text = text
         self.envelope_id = envelope_id
         self.letter_id = letter_id

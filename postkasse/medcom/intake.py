@@ -2,13 +2,16 @@
 (duplicates, reused envelopes, receivers), route each letter like mail, and write the answer MedCom
 prescribes, to go back by the channel the document came in on.
 
-Everything here runs inside the route step's transaction, so a retried step repeats nothing.
+Everything here runs inside the route step's transaction, so a retried step repeats nothing; only the
+parse may come first (prepare), in a read of its own, so the write holds the store's lock for the writes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -27,12 +30,12 @@ from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox.headers import readable
 from postkasse.medcom import answers
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
-from postkasse.medcom.parse import Schemas, facts, parse
+from postkasse.medcom.parse import Limits, Schemas, facts, parse
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
 from postkasse.routing.policy import Decision
 from postkasse.routing.senders import SenderKinds
-from postkasse.store import insert_ignoring_duplicates
+from postkasse.store import Store, insert_ignoring_duplicates
 from postkasse.store.schema import medcom_answers, medcom_first_letters, medcom_letters, messages
 from postkasse.store.schema import referrals as referrals_table
 
@@ -45,6 +48,7 @@ _SNIFF = (b"<Emessage", b"hl7.org/fhir", b'"resourceType"')
 _PARTS = BytesParser(
     policy=policy.compat32
 )  # the parts and their bytes, without policy.default's header objects
+PREPARED = 4  # documents parsed ahead of their route step and not yet taken: about one per worker
 _SENDER_EAN = re.compile(rb"<(?:\w+:)?Sender>\s*<(?:\w+:)?EANIdentifier>\s*([^<\s]+)")
 
 
@@ -91,6 +95,9 @@ class MedcomIntake:
     ) -> None:
         self.settings = settings
         self.schemas = Schemas(settings.schema_dir) if settings.schema_dir else None
+        self.limits = Limits(settings.max_document_bytes, settings.max_depth, settings.max_nodes)
+        self._prepared: OrderedDict[int, Document | MedcomError] = OrderedDict()
+        self._prepared_lock = threading.Lock()
         self.rules = rules
         self.senders = senders
         self.from_address = from_address
@@ -99,15 +106,48 @@ class MedcomIntake:
         )
 
     def read(self, data: bytes) -> Document:
-        return parse(data, schemas=self.schemas)
+        return parse(data, schemas=self.schemas, limits=self.limits)
+
+    def prepare(self, store: Store, message_id: int) -> None:
+        """Parse the stored message's document before the route step's write transaction, in a read of its
+        own: parsing and validating a large document then never holds SQLite's write lock. `route` takes
+        the result; without it (a restart, another process) `route` parses by itself."""
+        with store.read() as conn:
+            row = conn.execute(
+                select(messages.c.channel, messages.c.raw).where(messages.c.id == message_id)
+            ).one_or_none()
+        data = document_of(row.channel, row.raw) if row is not None else None
+        if data is None:
+            return
+        result: Document | MedcomError
+        try:
+            result = self.read(data)
+        except MedcomError as refusal:
+            result = refusal
+        with self._prepared_lock:
+            self._prepared[message_id] = result
+            while len(self._prepared) > PREPARED:
+                self._prepared.popitem(last=False)
+
+    def _document(self, message_id: int, data: bytes) -> Document:
+        """The prepared document of this message (or its refusal), else `data` parsed now."""
+        with self._prepared_lock:
+            prepared = self._prepared.pop(message_id, None)
+        if isinstance(prepared, MedcomError):
+            raise prepared
+        return prepared if prepared is not None else self.read(data)
 
     def route(self, conn: Connection, message: Any, data: bytes, now: datetime, router: Any) -> list[Follow]:
         """Route every letter of the document in `message`; returns the work that follows."""
         try:
-            document = self.read(data)
+            document = self._document(message.id, data)
         except MedcomError as refusal:
             log.warning(
-                "MedCom document refused", message=message.id, code=refusal.refuse_code, why=refusal.text
+                "MedCom document refused",
+                message=message.id,
+                code=refusal.refuse_code,
+                reason=refusal.reason,
+                why=refusal.text,
             )
             return self._refuse_unread(conn, message, data, refusal, now)
         if document.is_acknowledgement:
@@ -440,7 +480,10 @@ class MedcomIntake:
                 )
             except answers.ReceiptImpossible:
                 pass
-        body = json.dumps({"code": refusal.refuse_code, "detail": refusal.text}, ensure_ascii=False).encode()
+        body = json.dumps(
+            {"code": refusal.refuse_code, "reason": refusal.reason, "detail": refusal.text},
+            ensure_ascii=False,
+        ).encode()
         return self._deliver(
             conn, message, "refusal", refusal.refuse_code, body, "application/json", None, now
         )

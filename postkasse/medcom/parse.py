@@ -2,9 +2,17 @@
 
 Every document comes from outside, so the XML parser never loads a DTD, never resolves an entity and never
 touches the network; a DOCTYPE is refused before lxml sees the document (and again after, as a second line).
-Only ASCII-compatible encodings are accepted, so the byte scan for the DOCTYPE cannot be fooled. Size,
-element depth and JSON nesting are bounded. What MedCom's rules say to refuse raises MedcomError with the
-RefuseCode the answer needs, naming the envelope and letter when they can be read.
+Only ASCII-compatible encodings are accepted, so the byte scan for the DOCTYPE cannot be fooled.
+
+The work is bounded before anything is built (Limits): the size, then a scan of the bytes counts the nodes
+(XML tags and attributes, JSON values) and JSON's nesting, so a hostile document costs a pass over its bytes,
+never a tree of millions of nodes. JSON is read as RFC 8259 says: no NaN or Infinity, no number beyond a
+double, no key twice in one object. What MedCom's rules say to refuse raises MedcomError with the RefuseCode
+the answer needs and a named reason, naming the envelope and letter when they can be read; no refusal quotes a
+value from the document (a schema error names the element and the rule).
+
+OIOXML is read by the structure all MedCom versions share, in any namespace under MedCom's schema address;
+it is validated where the schema for its namespace is installed.
 
 Processing instructions other than the XML declaration are dropped unread (a `<?xml-stylesheet?>` is harmless
 and common in MedCom exports); nothing in the document is ever fetched or executed.
@@ -14,9 +22,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 import threading
+from dataclasses import dataclass
 from html import unescape
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -26,13 +37,24 @@ from lxml import etree  # type: ignore[import-untyped]
 from postkasse.medcom.document import Attachment, Document, Letter, MedcomError, Party
 from postkasse.routing.facts import Address, Facts
 
-OIOXML_NAMESPACE = re.compile(
-    r"^http://rep\.oio\.dk/sundcom\.dk/medcom\.dk/xml/schemas/(\d{4})/(\d{2})/(\d{2})/$"
+OIOXML_NAMESPACE = re.compile(  # MedCom's versions, dated; older ones under sundcom.dk, newer ones not
+    r"^http://rep\.oio\.dk/(?:sundcom\.dk/)?medcom\.dk/xml/schemas/(?:(\d{4})/(\d{2})/(\d{2})/)?"
 )
 FHIR_NAMESPACE = "http://hl7.org/fhir"
 XHTML_NAMESPACE = "http://www.w3.org/1999/xhtml"
 MAX_BYTES = 10 * 1024 * 1024
 MAX_DEPTH = 64  # elements in XML, objects and arrays in JSON; MedCom's own messages stay below 20
+MAX_NODES = 100_000  # XML tags and attributes, JSON values; MedCom's own messages have a few thousand
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The work one document may cost ([medcom] max_document_bytes, max_depth, max_nodes)."""
+
+    max_bytes: int = MAX_BYTES
+    max_depth: int = MAX_DEPTH
+    max_nodes: int = MAX_NODES
+
 
 CPR_SYSTEM = "urn:oid:1.2.208.176.1.2"
 SOR_SYSTEM = "urn:oid:1.2.208.176.1.1"
@@ -95,7 +117,6 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _SPACE = re.compile(rb"[ \t\r\n]*")
 _DECLARED_ENCODING = re.compile(rb"<\?xml\s[^>]*?encoding\s*=\s*[\"']([^\"']*)[\"']")
 _HOUSE_NUMBER = re.compile(r"^(?P<street>.*?[^\d\s,])\s+(?P<number>\d+\s?[A-Za-zÆØÅæøå]?)(?!\w)")
-_NAMESPACE_IN_MESSAGE = re.compile(r"\{https?://[^}]*\}")
 _TAG = re.compile(r"<[^>]+>")
 _MARKUP = re.compile(r"^\s*<(?:div|p|span|br|b|i|ul|ol|table)\b", re.I)
 
@@ -111,53 +132,87 @@ class Schemas:
     def __init__(self, directory: Path) -> None:
         self.directory = directory.resolve()
         self._lock = threading.Lock()
-        self._compiled: dict[str, tuple[Any, threading.Lock]] = {}
+        self._compiled: dict[str, tuple[Any, threading.Lock] | None] = {}
         self._parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
         self._parser.resolvers.add(_FilesUnder(self.directory))
 
     def path_for(self, namespace: str) -> Path | None:
         match = OIOXML_NAMESPACE.match(namespace)
-        if not match:
+        if not match or match.group(1) is None:
             return None
         path = self.directory.joinpath(*match.groups(), "EMessage.xsd")
         return path if path.is_file() else None
 
     def schema_for(self, namespace: str) -> Any | None:
-        """The compiled schema (lxml XMLSchema) for a namespace, or None when there is none."""
+        """The compiled schema (lxml XMLSchema) for a namespace, or None when none is installed whose
+        target namespace is this one (a dated directory may hold the schema of a sibling namespace)."""
         with self._lock:
-            cached = self._compiled.get(namespace)
-            if cached is None:
+            if namespace not in self._compiled:
                 path = self.path_for(namespace)
-                if path is None:
-                    return None
-                schema = etree.XMLSchema(etree.parse(str(path), self._parser))
-                cached = self._compiled[namespace] = (schema, threading.Lock())
-        return cached[0]
+                self._compiled[namespace] = None
+                if path is not None:
+                    tree = etree.parse(str(path), self._parser)
+                    schema = etree.XMLSchema(tree)  # compiled first: a bad include is an error either way
+                    if tree.getroot().get("targetNamespace") == namespace:
+                        self._compiled[namespace] = (schema, threading.Lock())
+            cached = self._compiled[namespace]
+        return cached[0] if cached is not None else None
 
     def validate(self, root: Any, *, envelope_id: str | None = None, letter_id: str | None = None) -> None:
-        """Refuse a document its namespace's schema rejects (syntaksfejl, naming the first error's line),
-        or whose namespace has no schema here (problem_med_version)."""
+        """Refuse a document its namespace's schema rejects (syntaksfejl, naming the first error's line,
+        element and rule, never its value). A version whose schema is not installed is read unvalidated."""
         namespace = etree.QName(root).namespace or ""
         schema = self.schema_for(namespace)
         if schema is None:
-            raise MedcomError(
-                "problem_med_version",
-                f"OIOXML-versionen {namespace or '(uden navnerum)'} kan ikke modtages her.",
-                envelope_id=envelope_id,
-                letter_id=letter_id,
-            )
-        lock = self._compiled[namespace][1]
-        with lock:
+            return
+        cached = self._compiled[namespace]
+        assert cached is not None
+        with cached[1]:
             if schema.validate(root.getroottree()):
                 return
             error = schema.error_log[0]
-            line, message = error.line, _NAMESPACE_IN_MESSAGE.sub("", str(error.message))
+            where = _schema_error(root, error.line, error.path, error.type_name, str(error.message))
         raise MedcomError(
             "syntaksfejl",
-            f"Dokumentet overholder ikke skemaet for {namespace}: linje {line}: {message}",
+            f"Dokumentet overholder ikke skemaet for {namespace}: {where}",
             envelope_id=envelope_id,
             letter_id=letter_id,
+            reason="schema_invalid",
         )
+
+
+# What each schema rule checks, in words; the rule's own name follows, and the value is never quoted.
+_SCHEMA_RULES = {
+    "SCHEMAV_CVC_PATTERN_VALID": "værdien har ikke det krævede format",
+    "SCHEMAV_CVC_ENUMERATION_VALID": "værdien er ikke en af de tilladte",
+    "SCHEMAV_CVC_LENGTH_VALID": "værdien har ikke den krævede længde",
+    "SCHEMAV_CVC_MINLENGTH_VALID": "værdien er for kort",
+    "SCHEMAV_CVC_MAXLENGTH_VALID": "værdien er for lang",
+    "SCHEMAV_CVC_DATATYPE_VALID_1_2_1": "værdien har ikke den krævede datatype",
+    "SCHEMAV_ELEMENT_CONTENT": "elementerne står ikke som skemaet kræver",
+    "SCHEMAV_CVC_COMPLEX_TYPE_2_4": "et påkrævet element mangler",
+}
+_EXPECTED = re.compile(r"Expected is (?:one of )?\(([^)]*)\)")
+_SCHEMA_NAME = re.compile(r"(?:\{[^}]*\})?([A-Za-z_][\w.-]*)")
+
+
+def _schema_error(root: Any, line: int, path: str | None, rule: str, message: str) -> str:
+    """Where and which rule, from the error's fields: the element's path of local names (found by the path
+    libxml2 gives, not by the message), the rule, and for a misplaced or missing element the names the schema
+    expects. libxml2's message quotes the value (a CPR number, say), so only its "Expected" list is used."""
+    found = root.getroottree().xpath(path) if path else []
+    element = found[0] if found and isinstance(found[0], etree._Element) else None
+    if element is not None:
+        names = [_local(e) for e in (element, *element.iterancestors())]
+        where = "/".join(reversed(names))
+    else:
+        where = "(ukendt element)"
+    text = f"linje {line}: {where}: {_SCHEMA_RULES.get(rule, 'overholder ikke skemaet')} ({rule})"
+    expected = _EXPECTED.search(message)
+    if expected:
+        names = [m.group(1) for m in _SCHEMA_NAME.finditer(expected.group(1))]
+        text += f"; skemaet forventer {', '.join(names)}"
+    return text
 
 
 class _FilesUnder(etree.Resolver):  # type: ignore[misc]
@@ -177,21 +232,37 @@ class _FilesUnder(etree.Resolver):  # type: ignore[misc]
         return self.resolve_string("", context)
 
 
-def parse(data: bytes, *, schemas: Schemas | None = None, max_bytes: int = MAX_BYTES) -> Document:
+def parse(data: bytes, *, schemas: Schemas | None = None, limits: Limits = Limits()) -> Document:
     """Read an OIOXML Emessage, a FHIR XML Bundle or a FHIR JSON Bundle; refuse anything else.
 
     With `schemas`, OIOXML is validated against the schema its namespace names. FHIR is not schema-validated:
     the structure the mailbox relies on (a message Bundle, MessageHeader first, ids) is checked instead."""
-    if len(data) > max_bytes:
+    if len(data) > limits.max_bytes:
         raise MedcomError(
-            "ikke_specificeret", f"Dokumentet fylder {len(data)} bytes; der modtages højst {max_bytes} bytes."
+            "ikke_specificeret",
+            f"Dokumentet fylder {len(data)} bytes; der modtages højst {limits.max_bytes} bytes.",
+            reason="too_large",
         )
     first = data.removeprefix(_UTF8_BOM).lstrip(b" \t\r\n")[:1]
     if first in (b"{", b"["):
-        return _parse_json(data)
+        return _parse_json(data, limits)
     if first == b"<":
-        return _parse_xml(data, schemas)
-    raise MedcomError("syntaksfejl", "Dokumentet er hverken XML eller JSON.")
+        return _parse_xml(data, schemas, limits)
+    raise MedcomError("syntaksfejl", "Dokumentet er hverken XML eller JSON.", reason="not_xml_or_json")
+
+
+def _too_many_nodes(limits: Limits) -> MedcomError:
+    return MedcomError(
+        "ikke_specificeret",
+        f"Dokumentet har flere end {limits.max_nodes} knuder (elementer, attributter eller værdier).",
+        reason="too_many_nodes",
+    )
+
+
+def _too_deep(limits: Limits, what: str = "Dokumentet") -> MedcomError:
+    return MedcomError(
+        "syntaksfejl", f"{what} er indlejret mere end {limits.max_depth} niveauer dybt.", reason="too_deep"
+    )
 
 
 def facts(letter: Letter) -> Facts:
@@ -210,19 +281,26 @@ def facts(letter: Letter) -> Facts:
 # XML ---------------------------------------------------------------------------------------------------
 
 
-def _parse_xml(data: bytes, schemas: Schemas | None) -> Document:
+def _parse_xml(data: bytes, schemas: Schemas | None, limits: Limits) -> Document:
     _refuse_other_encodings(data)
     _refuse_doctype_in_prolog(data)
+    _refuse_many_xml_nodes(data, limits)
     try:
         root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
-        raise MedcomError("syntaksfejl", f"Dokumentet er ikke velformet XML: {exc}") from exc
+        raise MedcomError(
+            "syntaksfejl", f"Dokumentet er ikke velformet XML: {exc}", reason="not_well_formed"
+        ) from exc
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
-        raise MedcomError("syntaksfejl", "Dokumentet har en DOCTYPE; MedCom-dokumenter må ikke have en DTD.")
+        raise MedcomError(
+            "syntaksfejl",
+            "Dokumentet har en DOCTYPE; MedCom-dokumenter må ikke have en DTD.",
+            reason="doctype",
+        )
     if next(root.iter(etree.Entity), None) is not None:
-        raise MedcomError("syntaksfejl", "Dokumentet bruger entiteter; de er ikke tilladt.")
-    _check_depth(root)
+        raise MedcomError("syntaksfejl", "Dokumentet bruger entiteter; de er ikke tilladt.", reason="doctype")
+    _check_depth(root, limits)
     tag = etree.QName(root)
     if tag.localname == "Emessage":
         return _read_oioxml(root, tag.namespace, schemas)
@@ -232,7 +310,9 @@ def _parse_xml(data: bytes, schemas: Schemas | None) -> Document:
             raise MedcomError("syntaksfejl", "FHIR-Bundle'en er tom.")
         return _read_fhir({"resourceType": "Bundle", **bundle}, "fhir-xml")
     raise MedcomError(
-        "syntaksfejl", f"Rodelementet {tag.localname} er hverken et OIOXML-Emessage eller et FHIR-Bundle."
+        "syntaksfejl",
+        f"Rodelementet {tag.localname} er hverken et OIOXML-Emessage eller et FHIR-Bundle.",
+        reason="not_medcom",
     )
 
 
@@ -240,7 +320,9 @@ def _refuse_other_encodings(data: bytes) -> None:
     """Only encodings that keep ASCII's bytes: in UTF-7, `+ADw-!DOCTYPE` is a DOCTYPE no byte scan sees, and
     UTF-16 without a byte order mark (found by its NUL bytes; NUL is never legal XML) hides one as well."""
     if b"\x00" in data:
-        raise MedcomError("syntaksfejl", "Dokumentet er ikke i UTF-8, windows-1252 eller ISO-8859-1.")
+        raise MedcomError(
+            "syntaksfejl", "Dokumentet er ikke i UTF-8, windows-1252 eller ISO-8859-1.", reason="encoding"
+        )
     declaration = _DECLARED_ENCODING.match(data.removeprefix(_UTF8_BOM))
     if declaration is None:
         return  # UTF-8 by default
@@ -251,7 +333,9 @@ def _refuse_other_encodings(data: bytes) -> None:
         known = None
     if known not in ENCODINGS:
         raise MedcomError(
-            "syntaksfejl", f"Tegnsættet {name!r} modtages ikke; brug UTF-8, windows-1252 eller ISO-8859-1."
+            "syntaksfejl",
+            f"Tegnsættet {name!r} modtages ikke; brug UTF-8, windows-1252 eller ISO-8859-1.",
+            reason="encoding",
         )
 
 
@@ -278,17 +362,34 @@ def _refuse_doctype_in_prolog(data: bytes) -> None:
             raise MedcomError(
                 "syntaksfejl",
                 "Dokumentet har en DOCTYPE; MedCom-dokumenter må ikke have en DTD eller entiteter.",
+                reason="doctype",
             )
         else:
             return
 
 
-def _check_depth(root: Any) -> None:
+_ATTRIBUTE = re.compile(rb"=[ \t\r\n]*[\"']")
+
+
+def _refuse_many_xml_nodes(data: bytes, limits: Limits) -> None:
+    """Count before parsing: every tag starts with `<` and every attribute is `=` and a quote, so the two
+    counts bound what libxml2 would build (it keeps all of one tag's attributes at once, ~100 bytes each).
+    Attributes are counted one by one only when the count of `=` says they could matter, and only until
+    the bound is crossed."""
+    tags = data.count(b"<")
+    if tags > limits.max_nodes:
+        raise _too_many_nodes(limits)
+    room = limits.max_nodes - tags
+    if data.count(b"=") > room and next(islice(_ATTRIBUTE.finditer(data), room, None), None) is not None:
+        raise _too_many_nodes(limits)
+
+
+def _check_depth(root: Any, limits: Limits) -> None:
     depth = 0
     for event, _ in etree.iterwalk(root, events=("start", "end")):
         depth += 1 if event == "start" else -1
-        if depth > MAX_DEPTH:
-            raise MedcomError("syntaksfejl", f"Dokumentet er indlejret mere end {MAX_DEPTH} niveauer dybt.")
+        if depth > limits.max_depth:
+            raise _too_deep(limits)
 
 
 def _local(element: Any) -> str:
@@ -350,6 +451,7 @@ def _read_oioxml(root: Any, namespace: str | None, schemas: Schemas | None) -> D
         raise MedcomError(
             "problem_med_version",
             f"Navnerummet {namespace or '(intet)'} er ikke en MedCom OIOXML-version.",
+            reason="unknown_namespace",
             **ids,
         )
     if schemas is not None:
@@ -460,26 +562,76 @@ def _is_urgent(priority: str | None) -> bool:
 # FHIR --------------------------------------------------------------------------------------------------
 
 
-def _parse_json(data: bytes) -> Document:
-    try:
-        value = json.loads(data)
-    except RecursionError as exc:
+# A JSON string (an unterminated one runs to the end, so no position is scanned twice) or a bracket or comma.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[\]{},]', re.S)
+_OPENING, _CLOSING, _COMMA = frozenset(b"[{"), frozenset(b"]}"), ord(",")
+
+
+def _refuse_json_beyond(data: bytes, limits: Limits) -> None:
+    """Nesting and values, counted from the tokens before json builds anything: each value but the first
+    in an array or object follows a comma, each array or object opens with a bracket. Strings are skipped
+    whole, and the scan stops at the first bound crossed, so its cost is bounded by the limits too."""
+    depth = nodes = 0
+    for token in _JSON_TOKEN.finditer(data):
+        first = data[token.start()]
+        if first in _OPENING:
+            depth, nodes = depth + 1, nodes + 1
+            if depth > limits.max_depth:
+                raise _too_deep(limits, "JSON-dokumentet")
+        elif first in _CLOSING:
+            depth -= 1
+        elif first == _COMMA:
+            nodes += 1
+        if nodes > limits.max_nodes:
+            raise _too_many_nodes(limits)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
         raise MedcomError(
-            "syntaksfejl", f"JSON-dokumentet er indlejret mere end {MAX_DEPTH} niveauer dybt."
+            "syntaksfejl",
+            "JSON-dokumentet har samme nøgle to gange i ét objekt.",
+            reason="json_duplicate_key",
+        )
+    return found
+
+
+def _not_a_number(_: str) -> Any:
+    raise MedcomError(
+        "syntaksfejl", "JSON-dokumentet har NaN eller Infinity; det er ikke JSON.", reason="json_not_finite"
+    )
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MedcomError(
+            "syntaksfejl",
+            "JSON-dokumentet har et tal uden for et kommatals grænser.",
+            reason="json_not_finite",
+        )
+    return value
+
+
+def _parse_json(data: bytes, limits: Limits) -> Document:
+    """RFC 8259 JSON: Python's json also takes NaN, Infinity, 1e999999 (as inf) and a repeated key (the
+    last wins), which a FHIR reader elsewhere may read otherwise; each of them is refused."""
+    _refuse_json_beyond(data, limits)
+    try:
+        value = json.loads(
+            data, object_pairs_hook=_json_object, parse_constant=_not_a_number, parse_float=_json_float
+        )
+    except json.JSONDecodeError as exc:
+        raise MedcomError(
+            "syntaksfejl",
+            f"Dokumentet er ikke gyldig JSON: {exc.msg}, linje {exc.lineno}, kolonne {exc.colno}.",
+            reason="not_json",
         ) from exc
-    except ValueError as exc:  # JSONDecodeError, bad UTF-8, integers beyond Python's digit limit
-        raise MedcomError("syntaksfejl", f"Dokumentet er ikke gyldig JSON: {exc}") from exc
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise MedcomError(
-                "syntaksfejl", f"JSON-dokumentet er indlejret mere end {MAX_DEPTH} niveauer dybt."
-            )
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+    except ValueError as exc:  # bad UTF-8, integers beyond Python's digit limit
+        raise MedcomError(
+            "syntaksfejl", f"Dokumentet er ikke gyldig JSON ({type(exc).__name__}).", reason="not_json"
+        ) from exc
     if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
         raise MedcomError("syntaksfejl", "JSON-dokumentet er ikke et FHIR-Bundle (resourceType Bundle).")
     return _read_fhir(value, "fhir-json")

@@ -10,12 +10,24 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 _WRITE = "postkasse_write"
 
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or refused the write; callers answer 'try again later'."""
+
+
+@contextmanager
+def _unavailable_when_busy() -> Iterator[None]:
+    """SQLite's "database is locked" (a writer held the lock past the busy timeout) and a lost or refused
+    PostgreSQL connection are the store's state, not a fault in the request: they become StoreUnavailable
+    (503 with Retry-After over HTTP). Only the exception's type is kept: its text may quote stored values."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise StoreUnavailable(f"the store is busy or unreachable ({type(exc.orig).__name__})") from exc
 
 
 class Store:
@@ -25,9 +37,9 @@ class Store:
     instead of failing on a lock upgrade; reads are deferred and never wait on a writer in WAL mode.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, busy_timeout: float = 30.0) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = make_engine(url, pool_size=pool_size, busy_timeout=busy_timeout)
 
     @property
     def dialect(self) -> str:
@@ -35,7 +47,7 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with _unavailable_when_busy(), self.engine.connect() as conn:
             conn.execution_options(**{_WRITE: True})
             with conn.begin():
                 yield conn
@@ -61,7 +73,7 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with _unavailable_when_busy(), self.engine.connect() as conn, conn.begin():
             yield conn
 
     def ping(self) -> bool:
@@ -76,10 +88,11 @@ class Store:
         self.engine.dispose()
 
 
-def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+def make_engine(url: str, *, pool_size: int = 8, busy_timeout: float = 30.0) -> Engine:
+    """`busy_timeout`: how long an SQLite writer waits for the lock before the store counts as busy."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url, parsed.database)
+        return _sqlite_engine(url, parsed.database, busy_timeout)
     return create_engine(
         url,
         pool_size=pool_size,
@@ -89,10 +102,10 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     )
 
 
-def _sqlite_engine(url: str, database: str | None) -> Engine:
+def _sqlite_engine(url: str, database: str | None, busy_timeout: float) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
@@ -102,7 +115,7 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
