@@ -48,11 +48,12 @@ def header_block(raw: bytes) -> bytes:
 
 
 def message_id_of(raw: bytes) -> str | None:
-    """The Message-ID header's value, read from the header block only."""
+    """The Message-ID header's value, read from the header block only; without NUL bytes, which PostgreSQL's
+    text cannot hold (the raw message keeps them), so both stores keep the same value."""
     match = _MESSAGE_ID.search(header_block(raw))
     if not match:
         return None
-    value = b" ".join(match.group(1).split()).decode("ascii", "replace").strip()
+    value = b" ".join(match.group(1).replace(b"\0", b"").split()).decode("ascii", "replace").strip()
     return value[:998] or None
 
 
