@@ -99,6 +99,8 @@ _BUILTIN_REJECTIONS = {
 _LAST_IN_GROUP = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "NOOP", "STARTTLS", "AUTH", "TURN"})
 # Commands that move no mail (Postfix's junk commands, with HELP and the greetings).
 _JUNK = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO", "ETRN"})
+# Connections the kernel holds until they are accepted: in a flood, room for a real client's SYN.
+LISTEN_BACKLOG = 1024
 MAX_RECEIVED_HEADERS = 100  # RFC 5321 6.3: a count of at least 100 before a loop is assumed
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
@@ -443,7 +445,9 @@ class SmtpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.refusals = Tally("smtp connections refused", loop.call_later)
-        self.server = await loop.create_server(self._protocol, self.settings.host, self.settings.port)
+        self.server = await loop.create_server(
+            self._protocol, self.settings.host, self.settings.port, backlog=LISTEN_BACKLOG
+        )
         log.info(
             "smtp listening",
             address=f"{self.settings.host}:{self.port}",
