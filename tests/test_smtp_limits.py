@@ -27,7 +27,7 @@ from tests.servers import Daemon, wait_until
 
 FLOOD = 1_000
 FLOOD_FROM = "127.0.0.2"  # all of 127/8 is loopback on Linux: the flood has an address of its own
-PER_CLIENT = 20  # the default smtp.max_sessions_per_client
+PER_CLIENT = 50  # the default smtp.max_sessions_per_client
 
 
 @pytest.fixture
