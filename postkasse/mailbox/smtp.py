@@ -46,7 +46,7 @@ def has_bare_cr_or_lf(raw: bytes) -> bool:
 
 # RFC 5321 4.1.2's Mailbox, with RFC 6531's UTF-8 in atoms, quoted strings and domain labels. Surrogates
 # (8-bit bytes that are not UTF-8) and every control character, CR, LF and NUL included, are outside it.
-_UTF8 = "\u0080-\u009f\u00a0-\ud7ff\ue000-\U0010ffff"
+_UTF8 = "\u00a0-\ud7ff\ue000-\U0010ffff"
 _ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_UTF8}]+"
 _QUOTED = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_UTF8}]|\\[\x20-\x7e])*"'
 _LABEL = rf"[A-Za-z0-9{_UTF8}](?:[A-Za-z0-9\-{_UTF8}]*[A-Za-z0-9{_UTF8}])?"
