@@ -68,6 +68,12 @@ class SmtpSettings(_Section):
     idle_timeout_seconds: float = Field(300.0, gt=0)
     session_timeout_seconds: float = Field(1800.0, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    max_sessions: int = Field(200, ge=1, description="SMTP sessions open at once; more are answered 421")
+    max_sessions_per_client: int = Field(50, ge=1, description="SMTP sessions open at once from one address")
+    max_errors: int = Field(20, ge=1, description="refused commands in a session before it is ended with 421")
+    max_junk_commands: int = Field(
+        100, ge=1, description="NOOP, RSET, VRFY, HELP and the like in a session before it is ended with 421"
+    )
 
     @field_validator("accept_addresses")
     @classmethod

@@ -21,6 +21,7 @@ from postkasse.config import Settings
 from postkasse.gauges import StoreGauges
 from postkasse.mailbox.committer import GroupCommitter
 from postkasse.mailbox.imap import ImapChannel
+from postkasse.mailbox.limits import Tally, count_accept_errors, fitting_session_limit, raise_fd_limit
 from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
 from postkasse.pipeline import Next
 from postkasse.routing.step import RouteMessage
@@ -67,6 +68,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_requested.set)
+        # A flood of connections must meet the session limits, not the descriptor limit; when it does meet it,
+        # each failed accept is counted, not logged.
+        max_sessions = fitting_session_limit(self.settings.smtp.max_sessions, raise_fd_limit())
+        count_accept_errors(
+            loop, Tally("accept failed: out of descriptors or memory; retrying", loop.call_later)
+        )
         await loop.run_in_executor(None, upgrade, self.store)
 
         embedded = not self.settings.broker.url
@@ -86,7 +93,9 @@ class Daemon:
         committer = GroupCommitter(self.store, steps.FIRST_STEP, self.lease, self._dispatch_stored)
         committer.start()
         smtp = SmtpServer(
-            self.settings.smtp, MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock)
+            self.settings.smtp,
+            MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock),
+            max_sessions,
         )
         await smtp.start()
         imap = ImapChannel(self.settings.imap, committer, self.store, self.clock)

@@ -17,6 +17,7 @@ import trustme
 from postkasse.store import Store
 from tests.helpers import RCPT, make_message, send, stored_id, stored_rows
 from tests.servers import Daemon, wait_until
+from tests.tls import write_server_cert
 
 MAX_BYTES = 12 * 1024 * 1024
 
@@ -28,14 +29,7 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def tls_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert = ca.issue_cert("postkasse.localhost", "127.0.0.1")
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(str(cert_path), append=True)
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
+    return write_server_cert(ca, tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

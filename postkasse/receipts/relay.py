@@ -45,7 +45,12 @@ class Relay:
                 client.ehlo()
             if self.user:
                 client.login(self.user, self.password)
-            client.sendmail(envelope_sender, [recipient], raw)
+            options = []
+            if not (envelope_sender + recipient).isascii():  # RFC 6531: a UTF-8 address needs SMTPUTF8
+                if not client.has_extn("smtputf8"):
+                    raise PermanentFailure("the relay does not offer SMTPUTF8, which a UTF-8 address needs")
+                options.append("SMTPUTF8")
+            client.sendmail(envelope_sender, [recipient], raw, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(code >= 500 for code in codes):

@@ -49,14 +49,20 @@ class Received:
         return message_id_of(self.raw)
 
 
+HEADER_BYTES = 102_400  # as Postfix's header_size_limit: what lies beyond is content, never read as headers
+
+
 def header_block(raw: bytes) -> bytes:
-    """The message up to and including the blank line that ends its headers (all of it if there is none)."""
-    end = _HEADER_END.search(raw)
-    return raw[: end.end()] if end else raw
+    """The message up to and including the blank line that ends its headers, at most HEADER_BYTES: a message
+    without a blank line would otherwise be headers to its end (10 MiB of them)."""
+    head = raw[:HEADER_BYTES]
+    end = _HEADER_END.search(head)
+    return head[: end.end()] if end else head
 
 
 def message_id_of(raw: bytes) -> str | None:
-    """The Message-ID header's value, read from the header block only."""
+    """The Message-ID header's value, read from the header block only; without NUL bytes, which PostgreSQL's
+    text cannot hold (the raw message keeps them), so both stores keep the same value."""
     match = _MESSAGE_ID.search(header_block(raw))
     if not match:
         return None
