@@ -57,6 +57,15 @@ class Delivery(Step, Protocol):
         ...
 
 
+@runtime_checkable
+class Prepares(Step, Protocol):
+    """A step with heavy reading to do (a large document to parse) before its write transaction."""
+
+    def prepare(self, store: Store, target_id: int) -> None:
+        """Read and compute outside the write, in a read transaction of its own; `run` uses the result."""
+        ...
+
+
 class Postponed(Exception):
     """The job is held by someone else until `until`: look at it again then, not before."""
 
@@ -124,6 +133,8 @@ class Pipeline:
         if work is None:
             return None
         step = self.steps[work.kind]
+        if isinstance(step, Prepares):
+            step.prepare(self.store, work.target_id)
         if isinstance(step, Delivery):
             step.deliver(self.store, work.target_id, now)
         with self.store.write() as conn:

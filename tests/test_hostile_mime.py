@@ -303,3 +303,12 @@ def test_queue_pull_goes_past_a_referral_it_cannot_fetch(
         f"PK-{i:06d}.{ext}" for i in (ids[0], ids[2]) for ext in ("eml", "json")
     )
     store.dispose()
+
+
+def test_only_the_header_section_is_read_as_headers() -> None:
+    """A message without a blank line would otherwise be parsed as headers to its end: 10 MiB of them."""
+    from postkasse.store.messages import HEADER_BYTES, header_block
+
+    assert header_block(b"Subject: a\r\n\r\nbody\r\n\r\nmore") == b"Subject: a\r\n\r\n"
+    assert header_block(b"Subject: a\n\nbody") == b"Subject: a\n\n"
+    assert len(header_block(b"X-Junk: " + b"x" * 10_000_000)) == HEADER_BYTES

@@ -187,3 +187,14 @@ def test_a_schema_error_names_the_element_and_rule_never_the_value() -> None:
     assert "Patient/CivilRegistrationNumber" in refusal.text and "PATTERN" in refusal.text
     assert not re.search(r"010215|4123|\[0-9\]", refusal.text), refusal.text
     assert isinstance(refusal, MedcomError)
+
+
+def test_a_schema_error_at_a_locally_prefixed_element_is_refused_in_words() -> None:
+    """libxml2 names the element by a prefix the document declares only on it; the refusal still says
+    where, never fails."""
+    data = fixture("REF01_1").replace(
+        b"<Envelope>", b'<Envelope><xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="x"/>', 1
+    )
+    with pytest.raises(MedcomError) as refused:
+        parse(data, schemas=Schemas(XSD))
+    assert refused.value.refuse_code == "syntaksfejl"

@@ -83,11 +83,6 @@ def test_hostile_documents_are_refused_by_name(world: tuple[Daemon, Store]) -> N
     post_hostile_documents(*world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the parse step (mailbox/headers.py) reads a 10 MiB document without a blank line as headers, "
-    "~100 MiB; bounding it to the header block brings the peak to ~250 MiB (issue 11, part 4)",
-)
 def test_the_daemon_stays_under_300_mb_while_hostile_documents_are_processed(
     world: tuple[Daemon, Store],  # noqa: F811
 ) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert
 
 from postkasse.mailbox.content import readable
 from postkasse.pipeline import Follow
-from postkasse.store.messages import raw_of, storable
+from postkasse.store.messages import header_block, raw_of, storable
 from postkasse.store.schema import message_headers
 
 __all__ = ["ParseHeaders", "readable"]  # `readable` is read from here too
@@ -29,7 +29,7 @@ class ParseHeaders:
     max_backoff = timedelta(minutes=5)
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
-        headers = _PARSER.parsebytes(raw_of(conn, message_id))
+        headers = _PARSER.parsebytes(header_block(raw_of(conn, message_id)))
         conn.execute(
             insert(message_headers).values(
                 message_id=message_id,

@@ -15,8 +15,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from email import policy
-from email.parser import BytesParser
 from typing import Any, Literal
 
 from sqlalchemy import Connection, select, update
@@ -27,6 +25,7 @@ from postkasse.committee.views import reference as reference_of
 from postkasse.committee.views import referral_from_reference
 from postkasse.config import MedcomSettings
 from postkasse.deadlines.rules import RuleBook
+from postkasse.mailbox import content
 from postkasse.mailbox.headers import readable
 from postkasse.medcom import answers
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
@@ -45,9 +44,6 @@ DOCUMENT_TYPES = frozenset(
     {"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json", "application/json"}
 )
 _SNIFF = (b"<Emessage", b"hl7.org/fhir", b'"resourceType"')
-_PARTS = BytesParser(
-    policy=policy.compat32
-)  # the parts and their bytes, without policy.default's header objects
 PREPARED = 4  # documents parsed ahead of their route step and not yet taken: about one per worker
 _SENDER_EAN = re.compile(rb"<(?:\w+:)?Sender>\s*<(?:\w+:)?EANIdentifier>\s*([^<\s]+)")
 
@@ -66,14 +62,16 @@ def document_of(channel: str, raw: bytes) -> bytes | None:
     header = raw[: header_end if header_end >= 0 else 4096].lower()
     if b"multipart" not in header and b"xml" not in header and b"json" not in header:
         return None
-    message = _PARTS.parsebytes(raw)
-    for part in message.walk():
+    for part in content.read(raw).message.walk():  # bounded in depth; never raises
         if part.is_multipart():
             continue
-        name = (readable(part.get_filename()) or "").lower()
+        try:
+            name = (readable(part.get_filename()) or "").lower()
+            payload = part.get_payload(decode=True)
+        except Exception:  # noqa: S112  (a part whose name or payload cannot be read is no document)
+            continue
         if part.get_content_type() not in DOCUMENT_TYPES and not name.endswith((".xml", ".json")):
             continue
-        payload = part.get_payload(decode=True)
         if isinstance(payload, bytes) and looks_like_medcom(payload):
             return payload
     return None
@@ -108,6 +106,15 @@ class MedcomIntake:
     def read(self, data: bytes) -> Document:
         return parse(data, schemas=self.schemas, limits=self.limits)
 
+    def _read_or_refuse(self, data: bytes) -> Document | MedcomError:
+        """The document, or its refusal as a value: a refusal is a fact about the content. It is kept
+        without traceback or chained cause, whose frames would hold the whole document alive in a cycle."""
+        try:
+            return self.read(data)
+        except MedcomError as refusal:
+            refusal.__cause__ = refusal.__context__ = None
+            return refusal.with_traceback(None)
+
     def prepare(self, store: Store, message_id: int) -> None:
         """Parse the stored message's document before the route step's write transaction, in a read of its
         own: parsing and validating a large document then never holds SQLite's write lock. `route` takes
@@ -119,29 +126,23 @@ class MedcomIntake:
         data = document_of(row.channel, row.raw) if row is not None else None
         if data is None:
             return
-        result: Document | MedcomError
-        try:
-            result = self.read(data)
-        except MedcomError as refusal:
-            result = refusal
+        result = self._read_or_refuse(data)
         with self._prepared_lock:
             self._prepared[message_id] = result
             while len(self._prepared) > PREPARED:
                 self._prepared.popitem(last=False)
 
-    def _document(self, message_id: int, data: bytes) -> Document:
+    def _document(self, message_id: int, data: bytes) -> Document | MedcomError:
         """The prepared document of this message (or its refusal), else `data` parsed now."""
         with self._prepared_lock:
             prepared = self._prepared.pop(message_id, None)
-        if isinstance(prepared, MedcomError):
-            raise prepared
-        return prepared if prepared is not None else self.read(data)
+        return prepared if prepared is not None else self._read_or_refuse(data)
 
     def route(self, conn: Connection, message: Any, data: bytes, now: datetime, router: Any) -> list[Follow]:
         """Route every letter of the document in `message`; returns the work that follows."""
-        try:
-            document = self._document(message.id, data)
-        except MedcomError as refusal:
+        document = self._document(message.id, data)
+        if isinstance(document, MedcomError):
+            refusal = document
             log.warning(
                 "MedCom document refused",
                 message=message.id,

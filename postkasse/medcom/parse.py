@@ -200,7 +200,10 @@ def _schema_error(root: Any, line: int, path: str | None, rule: str, message: st
     """Where and which rule, from the error's fields: the element's path of local names (found by the path
     libxml2 gives, not by the message), the rule, and for a misplaced or missing element the names the schema
     expects. libxml2's message quotes the value (a CPR number, say), so only its "Expected" list is used."""
-    found = root.getroottree().xpath(path) if path else []
+    try:
+        found = root.getroottree().xpath(path) if path else []
+    except etree.XPathError:  # a path with a prefix the document declares only locally (xi:include, say)
+        found = []
     element = found[0] if found and isinstance(found[0], etree._Element) else None
     if element is not None:
         names = [_local(e) for e in (element, *element.iterancestors())]
@@ -247,7 +250,12 @@ def parse(data: bytes, *, schemas: Schemas | None = None, limits: Limits = Limit
     if first in (b"{", b"["):
         return _parse_json(data, limits)
     if first == b"<":
-        return _parse_xml(data, schemas, limits)
+        try:
+            return _parse_xml(data, schemas, limits)
+        except etree.LxmlError as exc:  # what the checks above did not foresee is still the content's fault
+            raise MedcomError(
+                "ikke_specificeret", "Dokumentet kunne ikke læses som XML.", reason="not_readable"
+            ) from exc
     raise MedcomError("syntaksfejl", "Dokumentet er hverken XML eller JSON.", reason="not_xml_or_json")
 
 

@@ -32,6 +32,7 @@ from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Deci
 from postkasse.routing.refdata import Geography, imports
 from postkasse.routing.registry import LocalRegistry, Registry
 from postkasse.routing.senders import SenderKinds
+from postkasse.store import Store
 from postkasse.store import messages as stored
 from postkasse.store.schema import messages
 
@@ -141,6 +142,11 @@ class RouteMessage:
             senders,
             MedcomIntake(settings.medcom, rules, senders, settings.outbound.from_address),
         )
+
+    def prepare(self, store: Store, message_id: int) -> None:
+        """A MedCom document is parsed and validated here, so the write transaction never waits on it."""
+        if self.medcom is not None:
+            self.medcom.prepare(store, message_id)
 
     def _create(
         self, conn: Connection, message: Any, decision: Decision, facts: Facts | None, now: datetime
