@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog.testing
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from postkasse.clock import FixedClock
-from postkasse.committee import audit, referrals, tokens
+from postkasse.committee import audit, referrals, tokens, views
 from postkasse.committee.api import Api
 from postkasse.committee.audit import AuditLog
 from postkasse.committee.referrals import NewReferral
@@ -428,3 +429,23 @@ def test_concurrent_reads_share_audit_commits(world: World) -> None:
     assert codes == [200] * 40
     with world.store.read() as conn:
         assert len(audit.of_referral(conn, world.ids["favrskov"])) == 40  # every read, once
+
+
+def test_an_unforeseen_failure_answers_500_in_json_and_logs_no_content(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception's text from deep inside may quote the patient; neither the answer nor the log has it."""
+    patient = "010215-4123 Anna Hansen"
+
+    def broken(*_: Any) -> None:
+        raise ValueError(f"kunne ikke læse {patient}")
+
+    monkeypatch.setattr(views, "detail", broken)
+    with structlog.testing.capture_logs() as logged:
+        response = world.call("GET", f"/api/v1/referrals/{world.ids['favrskov']}", "favrskov")
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "4123" not in response.text
+    (failure,) = [entry for entry in logged if entry["event"] == "request failed"]
+    assert failure["error"].startswith("ValueError")
+    assert "4123" not in repr(logged) and "Anna" not in repr(logged)

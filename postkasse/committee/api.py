@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import Connection, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from postkasse import errors, logs
 from postkasse.clock import Clock
 from postkasse.committee import audit, correspondence, referrals, triage, views
 from postkasse.committee.stats import statistics
@@ -37,6 +38,7 @@ from postkasse.store.schema import referrals as referrals_table
 T = TypeVar("T")
 
 PAGE = 50
+log = logs.get(__name__)
 SUBMISSION_TYPES = frozenset({"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json"})
 RETRY_AFTER_SECONDS = 5  # a busy store (SQLite's write lock) is free again within seconds
 MAX_ID = 2**63 - 1  # the store's ids are 64-bit; anything larger names nothing
@@ -454,9 +456,46 @@ def _change(change: Callable[[], T]) -> T:
         raise ApiError(409, "invalid_state", str(exc)) from None
 
 
+class ContainFailures:
+    """An unforeseen failure answers 500 with a JSON code, and is logged by its type and frames only: the text
+    of a store's or a parser's exception may quote a name or a CPR number, and the server would log it whole.
+    Plain ASGI, so it costs a request nothing while nothing fails."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            log.error(
+                "request failed", method=scope["method"], error=errors.describe(exc), trace=errors.trace(exc)
+            )
+            if not started:
+                failed = JSONResponse(
+                    {
+                        "code": "internal_error",
+                        "detail": "The request failed; operations can see why in the log.",
+                    },
+                    status_code=500,
+                )
+                await failed(scope, receive, send)
+
+
 def install(app: FastAPI, api: Api) -> None:
     app.state.api = api
     app.include_router(create_router(api))
+    app.add_middleware(ContainFailures)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
