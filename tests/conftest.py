@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -74,3 +74,21 @@ def daemon_factory(tmp_path: Path) -> Iterator[type[Daemon]]:
     yield Tracked
     for daemon in started:
         daemon.kill()
+
+
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Report a measured figure (cases, peak memory, ...): `make test` prints them all at its end."""
+    found = request.config.stash.setdefault(_FIGURES, [])
+    return lambda line: found.append(f"{request.node.name}: {line}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    found = config.stash.get(_FIGURES, [])
+    if found:
+        terminalreporter.section("figures")
+        for line in found:
+            terminalreporter.write_line(line)

@@ -13,6 +13,7 @@ import re
 import smtplib
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +223,7 @@ def test_the_hostile_corpus_is_answered_and_nothing_is_lost(
     tmp_path: Path,
     database_url: str,
     relay: Sink,  # noqa: F811
+    figures: Callable[[str], None],
 ) -> None:
     store = prepare(tmp_path, database_url)
     daemon = daemon_factory(
@@ -259,13 +261,13 @@ def test_the_hostile_corpus_is_answered_and_nothing_is_lost(
         in_triage = conn.execute(select(func.count()).where(referrals.c.municipality.is_(None))).scalar_one()
     store.dispose()
 
-    print(
-        f"\nhostile corpus on {database_url.split(':')[0]}: cases {sum(tally.cases.values())} "
+    figures(
+        f"hostile corpus on {database_url.split(':')[0]}: cases {sum(tally.cases.values())} "
         f"({dict(tally.cases)}), stored {stored}, in triage {in_triage}, stuck messages: {len(stuck)}, "
         f"reads {reads}, failed reads: {len(broken_reads)}, peak memory {peak:.0f} MB "
         f"(after each part: {', '.join(f'{k} {v:.0f}' for k, v in peaks.items())})"
     )
-    print("answers:", dict(sorted(tally.answers.items())))
+    figures(f"answers: {dict(sorted(tally.answers.items()))}")
     assert sum(tally.cases.values()) >= 1000
     assert tally.broken == [], "\n".join(tally.broken)
     assert stuck == [], "\n".join(

@@ -83,7 +83,7 @@ def log_lines(daemon: Daemon) -> int:
 
 
 def test_flood_of_connections_leaves_room_for_real_mail(
-    daemon_factory: type[Daemon], tmp_path: Path, many_descriptors: None
+    daemon_factory: type[Daemon], tmp_path: Path, many_descriptors: None, figures: Callable[[str], None]
 ) -> None:
     daemon = daemon_factory(tmp_path, f"sqlite:///{tmp_path / 'pk.db'}")
     start_with_descriptor_limit(daemon, 1024)
@@ -115,8 +115,8 @@ def test_flood_of_connections_leaves_room_for_real_mail(
     assert refused and all(r.startswith("421 4.7.0 ") and "too many connections" in r for r in refused)
     added = log_lines(daemon) - lines_before
     assert added < 20, daemon.log()[-3000:]
-    print(
-        f"\nflood: {FLOOD} connections from {FLOOD_FROM} opened in {opened:.2f}s; {greeted} greeted, "
+    figures(
+        f"flood: {FLOOD} connections from {FLOOD_FROM} opened in {opened:.2f}s; {greeted} greeted, "
         f"{len(refused)} refused with 421 4.7.0; a normal client's mail took {delivered_in:.2f}s (250); "
         f"/readyz 200; log lines added during the flood: {added}; "
         f"serve's descriptor limit raised from 1024 to {daemon_soft_limit(daemon)}"
