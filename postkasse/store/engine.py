@@ -12,11 +12,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from postkasse.errors import Safe
+
 _WRITE = "postkasse_write"
 
 
-class StoreUnavailable(Exception):
-    """The database cannot be reached or refused the write; callers answer 'try again later'."""
+class StoreUnavailable(Safe):
+    """The database cannot be reached or refused the write; callers answer 'try again later'. Its text names
+    only the driver's exception type, so it may be logged as it is."""
 
 
 @contextmanager
