@@ -19,9 +19,9 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
     from postkasse.daemon import Daemon
-    from postkasse.memory import limit_malloc_arenas
+    from postkasse.memory import tune_malloc
 
-    limit_malloc_arenas()
+    tune_malloc()
     asyncio.run(Daemon(settings).run())
     return 0
 
@@ -29,7 +29,7 @@ def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from postkasse import steps
     from postkasse.clock import SystemClock
-    from postkasse.memory import limit_malloc_arenas
+    from postkasse.memory import tune_malloc
     from postkasse.store import Store
     from postkasse.tasks import Actors
     from postkasse.workers import make_broker, start_worker
@@ -41,7 +41,7 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    limit_malloc_arenas()
+    tune_malloc()
     store = Store(settings.database.url)
     broker = make_broker(settings)
     pipeline = steps.build(settings, store, SystemClock())
