@@ -87,6 +87,7 @@ class Next:
 
 
 Dispatch = Callable[[Sequence[Next]], None]
+Job = Callable[[], Sequence[Next]]  # a periodic job; it returns the work it wrote
 S = TypeVar("S")
 
 
