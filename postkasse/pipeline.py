@@ -99,7 +99,7 @@ class Pipeline:
         self.lease = lease
 
     def step(self, kind: type[S]) -> S:
-        """The pipeline's step of this class, for the edges that share its configuration."""
+        """The pipeline's step of this class: the periodic jobs share the alert steps' alerter."""
         found = [step for step in self.steps.values() if type(step) is kind]
         if len(found) != 1:
             raise LookupError(f"the pipeline has {len(found)} steps of type {kind.__name__}")
