@@ -95,9 +95,10 @@ from sqlalchemy import Connection, event, func, select, text
 from postkasse import logs
 from postkasse.clock import FixedClock
 from postkasse.config import DEFAULT_MUNICIPALITIES, DeadlineSettings
-from postkasse.deadlines.alerts import Alerter, SendAlert, SendResolved, run_check
+from postkasse.deadlines.alerts import Alerter
 from postkasse.deadlines.assess import Assessment, assess
 from postkasse.deadlines.rules import Rules, rulebook
+from postkasse.flows.alerts import SendAlert, SendResolved, run_check
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Store
@@ -847,7 +848,7 @@ def child(url: str, repeat: int, profile: bool) -> dict[str, Any]:
     munis = bench_municipalities()
     codes = sorted(munis.by_code)
     alerter = Alerter(rules, munis, FROM_ADDRESS, settings.operations_address)
-    # as `steps.build` has them: the check writes the outbox rows, the steps compose the mails later
+    # as `flows.build` has them: the check writes the outbox rows, the steps compose the mails later
     pipeline = Pipeline([SendAlert(alerter), SendResolved(alerter)], store, clock, LEASE)
     phases: dict[str, dict[str, Any]] = {}
     hwm_ok = reset_hwm()
@@ -1328,7 +1329,7 @@ def report_lines(res: Results) -> list[str]:
         "- The check as the daemon builds it: `Alerter(rulebook(DeadlineSettings(...)), municipalities, "
         "...)`, "
         "each municipality with a notification address and an operations address set (2 mails per alert, "
-        "1 in triage), a `Pipeline([SendAlert(alerter), SendResolved(alerter)], ...)` as `steps.build` has "
+        "1 in triage), a `Pipeline([SendAlert(alerter), SendResolved(alerter)], ...)` as `flows.build` has "
         "them, on a `FixedClock(now)`, `logs.setup('INFO')` into a file; `run_check(pipeline, alerter)`, "
         "and for the mails `pipeline.run(outbox_id, dispatch)` for each `Next` it returned, one after the "
         "other in one thread (the `send` rows they dispatch are counted and left pending: no relay).",

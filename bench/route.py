@@ -17,7 +17,7 @@ What it does, all with one seed so every run sees the same data:
    Every variant must reach the same decisions (a digest over all decisions is compared).
 4. Peak memory: each decision process reports its own peak RSS (ru_maxrss); the benchmark process's own
    peak (generation + import) is reported separately.
-5. Times `MailExtractor.extract` on generated raw mails, as information.
+5. Times `MailExtractor.facts` on generated raw mails, as information.
 
     .venv/bin/python bench/route.py                       # full size, print the results
     .venv/bin/python bench/route.py --record              # and write bench/RESULTS.md
@@ -62,13 +62,14 @@ from common import (  # bench/ is the script's folder, first on sys.path
 from sqlalchemy import Connection, select
 
 from postkasse.config import DEFAULT_MUNICIPALITIES
+from postkasse.mailbox import content
 from postkasse.routing.extract import MailExtractor
 from postkasse.routing.facts import Address, Facts
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import AgeRange, Decision, Lookups, decide
 from postkasse.routing.refdata import Geography, import_file
 from postkasse.routing.registry import LocalRegistry
-from postkasse.routing.step import Router, StoreLookups
+from postkasse.routing.router import Router, StoreLookups
 from postkasse.store import Store
 from postkasse.store.migrate import upgrade
 from postkasse.store.schema import postal_codes, registry_persons
@@ -545,7 +546,7 @@ def measure_extraction(facts: Sequence[Facts], munis: Municipalities, world: Wor
     mails = [mail_of(f, n, world) for n, f in enumerate(facts)]
     extractor = MailExtractor(munis.by_name)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    extracted = [extractor.extract(raw) for raw in mails]
+    extracted = [extractor.facts(content.read(raw)) for raw in mails]
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     same = sum(
         e.cprs == f.cprs
@@ -627,7 +628,7 @@ def report_lines(res: Results, markdown: bool) -> list[str]:
         f"{a.messages / store['step_run'][0]:,.0f}/s, one pass.",
         f"- All variants reached the same decisions (digest {store['digest']}): "
         + ", ".join(f"{k} {n:,}" for k, n in sorted(store["outcomes"].items(), key=lambda kv: -kv[1])),
-        f"- Extraction (information, not in the rates above): `MailExtractor.extract` on "
+        f"- Extraction (information, not in the rates above): `MailExtractor.facts` on "
         f"{res.extract['mails']:,} generated plain mails of ~{res.extract['bytes']:.0f} bytes: "
         f"{res.extract['mails'] / res.extract['wall_s']:,.0f} mails/s "
         f"({res.extract['mails'] / res.extract['cpu_s']:,.0f} per CPU-second); "

@@ -27,7 +27,7 @@ def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
-    from postkasse import steps
+    from postkasse import flows
     from postkasse.clock import SystemClock
     from postkasse.memory import tune_malloc
     from postkasse.store import Store
@@ -44,8 +44,8 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     tune_malloc()
     store = Store(settings.database.url)
     broker = make_broker(settings)
-    pipeline = steps.build(settings, store, SystemClock())
-    Actors(broker, pipeline, steps.periodic(pipeline))
+    pipeline = flows.build(settings, store, SystemClock())
+    Actors(broker, pipeline, flows.periodic(pipeline))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -99,12 +99,13 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
+    from postkasse import flows
     from postkasse.clock import COPENHAGEN, SystemClock
+    from postkasse.flows.route_medcom import document_of, looks_like_medcom
+    from postkasse.mailbox import content
     from postkasse.medcom.document import MedcomError
-    from postkasse.medcom.intake import document_of, looks_like_medcom
-    from postkasse.medcom.parse import facts as medcom_facts
     from postkasse.routing.explain import render, render_document
-    from postkasse.routing.step import RouteMessage
+    from postkasse.routing.medcom import facts as medcom_facts
     from postkasse.store import Store
     from postkasse.store.migrate import upgrade
 
@@ -114,17 +115,17 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         at = datetime.fromisoformat(args.on).replace(hour=12, tzinfo=COPENHAGEN)
     store = Store(settings.database.url)
     upgrade(store)
-    route = RouteMessage.from_settings(settings)
+    made = flows.parts(settings)
     channel = "http" if raw.lstrip()[:1] in (b"<", b"{") and looks_like_medcom(raw) else "smtp"
     document_bytes = document_of(channel, raw)
     with store.read() as conn:
         if document_bytes is None:
-            decision, facts = route.router.decide(conn, raw, at)
+            facts = made.router.mail.facts(content.read(raw))
+            decision = made.router.decide_facts(conn, facts, at)
             print(render(decision, facts, as_json=args.json))
             return 0
         try:
-            assert route.medcom is not None  # from_settings always reads MedCom
-            document = route.medcom.read(document_bytes)
+            document = made.medcom.read(document_bytes)
         except MedcomError as exc:
             print(f"postkasse route: MedCom would refuse it ({exc.refuse_code}): {exc.text}", file=sys.stderr)
             return 1
@@ -147,7 +148,7 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         decided = []
         for letter in document.letters:
             found = medcom_facts(letter)
-            decided.append((letter, route.router.decide_facts(conn, found, at), found))
+            decided.append((letter, made.router.decide_facts(conn, found, at), found))
     print(render_document(document, decided, as_json=args.json))
     return 0
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import anyio.to_thread
 import uvicorn
 
-from postkasse import logs, steps, workers
+from postkasse import flows, kinds, logs, workers
 from postkasse.clock import Clock, SystemClock
 from postkasse.committee.api import Api
 from postkasse.committee.audit import AuditLog
@@ -24,7 +24,6 @@ from postkasse.mailbox.imap import ImapChannel
 from postkasse.mailbox.limits import Tally, count_accept_errors, fitting_session_limit, raise_fd_limit
 from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
 from postkasse.pipeline import Next
-from postkasse.routing.step import RouteMessage
 from postkasse.store import Store, Stored
 from postkasse.store.migrate import upgrade
 from postkasse.tasks import Actors
@@ -53,8 +52,9 @@ class Daemon:
         self.store = Store(settings.database.url, pool_size=HTTP_THREADS + settings.broker.worker_threads + 4)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
         self.broker = make_broker(settings)
-        self.pipeline = steps.build(settings, self.store, self.clock)
-        self.actors = Actors(self.broker, self.pipeline, steps.periodic(self.pipeline))
+        self.parts = flows.parts(settings)
+        self.pipeline = flows.build(settings, self.store, self.clock, self.parts)
+        self.actors = Actors(self.broker, self.pipeline, flows.periodic(self.pipeline))
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
@@ -86,11 +86,11 @@ class Daemon:
         deadline_ticker = workers.Periodic(
             "deadline-ticker",
             self.settings.deadlines.check_interval_seconds,
-            lambda: self.actors.schedule(steps.DEADLINE_CHECK),
+            lambda: self.actors.schedule(kinds.DEADLINE_CHECK),
         )
         deadline_ticker.start()
 
-        committer = GroupCommitter(self.store, steps.FIRST_STEP, self.lease, self._dispatch_stored)
+        committer = GroupCommitter(self.store, flows.FIRST_STEP, self.lease, self._dispatch_stored)
         committer.start()
         smtp = SmtpServer(
             self.settings.smtp,
@@ -100,8 +100,7 @@ class Daemon:
         await smtp.start()
         imap = ImapChannel(self.settings.imap, committer, self.store, self.clock)
         imap.start()
-        route = self.pipeline.step(RouteMessage)
-        municipalities, rules = route.router.municipalities, route.rules
+        municipalities, rules = self.parts.municipalities, self.parts.rules
         api = Api(
             store=self.store,
             authenticator=Authenticator(self.store),
@@ -113,7 +112,7 @@ class Daemon:
             audit_log=AuditLog(self.store),
             rules=rules,
             max_submission_bytes=self.settings.smtp.max_message_bytes,
-            medcom=route.medcom,
+            medcom=self.parts.medcom,
         )
         gauges = StoreGauges(self.store, self.clock, rules, municipalities)
         http = _Uvicorn(

@@ -87,6 +87,7 @@ class Next:
 
 
 Dispatch = Callable[[Sequence[Next]], None]
+Job = Callable[[], Sequence[Next]]  # a periodic job; it returns the work it wrote
 S = TypeVar("S")
 
 
@@ -98,7 +99,7 @@ class Pipeline:
         self.lease = lease
 
     def step(self, kind: type[S]) -> S:
-        """The pipeline's step of this class, for the edges that share its configuration."""
+        """The pipeline's step of this class: the periodic jobs share the alert steps' alerter."""
         found = [step for step in self.steps.values() if type(step) is kind]
         if len(found) != 1:
             raise LookupError(f"the pipeline has {len(found)} steps of type {kind.__name__}")

@@ -7,21 +7,18 @@ serve Redis in `postkasse worker`, the in-process broker in `serve`, and the tes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import dramatiq
 from dramatiq.broker import Broker
 
 from postkasse import errors, logs, metrics
-from postkasse.pipeline import Next, Pipeline
+from postkasse.pipeline import Job, Next, Pipeline
 
 QUEUE = "postkasse"
 PERIODIC_MAX_AGE_MS = 5 * 60 * 1000
 
 log = logs.get(__name__)
-
-
-Job = Callable[[], Sequence[Next]]
 
 
 class Actors:

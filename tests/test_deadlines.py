@@ -18,9 +18,10 @@ from postkasse.clock import COPENHAGEN
 from postkasse.committee import referrals
 from postkasse.committee.referrals import NewReferral, TransitionError
 from postkasse.config import DEFAULT_MUNICIPALITIES
-from postkasse.deadlines.alerts import Alerter, SendAlert, SendResolved, run_check
+from postkasse.deadlines.alerts import Alerter
 from postkasse.deadlines.assess import assess
 from postkasse.deadlines.rules import RuleBook, Rules
+from postkasse.flows.alerts import SendAlert, SendResolved, run_check
 from postkasse.pipeline import Pipeline
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Received, Store

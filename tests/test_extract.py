@@ -9,6 +9,7 @@ import pytest
 
 from postkasse.clock import SystemClock
 from postkasse.config import DEFAULT_MUNICIPALITIES
+from postkasse.mailbox import content
 from postkasse.routing.extract import MailExtractor, find_address, find_cprs, find_receiver
 from postkasse.routing.facts import Address
 from postkasse.routing.municipalities import Municipalities
@@ -80,7 +81,7 @@ def test_mail_in_latin1_with_html_only_body() -> None:
         b"Content-Type: text/html; charset=iso-8859-1\r\n\r\n"
         b"<p>Navn: S\xf8ren Hansen<br>CPR: 010215-4123</p><p>Adresse: S\xf8ndergade 4, 8000 Aarhus C</p>\r\n"
     )
-    facts = MailExtractor().extract(raw)
+    facts = MailExtractor().facts(content.read(raw))
     assert facts.cprs == ("0102154123",)
     assert facts.name == "Søren Hansen"
     assert facts.address == Address("Søndergade", "4", "8000")
@@ -89,7 +90,7 @@ def test_mail_in_latin1_with_html_only_body() -> None:
 
 def test_subject_cpr_counts_and_a_second_child_in_the_body_makes_two() -> None:
     raw = b"Subject: Henvisning 010215-4123\r\n\r\nSoester: 020317-4222\r\n"
-    assert MailExtractor().extract(raw).cprs == ("0102154123", "0203174222")
+    assert MailExtractor().facts(content.read(raw)).cprs == ("0102154123", "0203174222")
 
 
 @dataclass
@@ -139,7 +140,7 @@ def test_the_street_decides_for_an_address_with_floor_and_side(
 ) -> None:
     """4100 Ringsted lies in more than one municipality: only the road can say which."""
     body = f"CPR: 020317-4222\n{address}\n".replace("\n", "\r\n")
-    facts = MailExtractor().extract(f"Subject: Henvisning\r\n\r\n{body}".encode())
+    facts = MailExtractor().facts(content.read(f"Subject: Henvisning\r\n\r\n{body}".encode()))
     lookups = StreetLookups(Municipalities.load(DEFAULT_MUNICIPALITIES), real_geography)
     decision = decide(facts, lookups, date(2026, 11, 23))
     assert (decision.decision, decision.municipality) == ("routed", "0316")

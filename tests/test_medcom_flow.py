@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from postkasse import steps
+from postkasse import flows
 from postkasse.clock import FixedClock
 from postkasse.committee import correspondence, referrals
 from postkasse.config import Settings
+from postkasse.flows.route import RouteMessage
 from postkasse.medcom.document import Document
 from postkasse.medcom.parse import Schemas, parse
 from postkasse.pipeline import Pipeline
-from postkasse.routing.step import RouteMessage
 from postkasse.store import Received, Store
 from postkasse.store import messages as stored_messages
 from postkasse.store.schema import medcom_answers, medcom_letters, messages, outbox, outgoing_mail, thread
@@ -47,12 +47,12 @@ class Flow:
         self.store = store
         self.clock = FixedClock(T0)
         self.settings = Settings(medcom={"schema_dir": XSD, "ean": US, **medcom})
-        self.pipeline: Pipeline = steps.build(self.settings, store, self.clock)
+        self.pipeline: Pipeline = flows.build(self.settings, store, self.clock)
 
     def submit(self, raw: bytes, channel: str = "http", sender: str = "api:epj") -> int:
         item = Received(channel, sender, ("postkasse@localhost",), "127.0.0.1:1", True, self.clock.now(), raw)
         with self.store.write() as conn:
-            (saved,) = stored_messages.save(conn, [item], steps.FIRST_STEP, T0 + timedelta(minutes=5))
+            (saved,) = stored_messages.save(conn, [item], flows.FIRST_STEP, T0 + timedelta(minutes=5))
         self.drain()
         self.clock.advance(timedelta(minutes=1))
         return saved.message_id

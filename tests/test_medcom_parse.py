@@ -22,8 +22,9 @@ from lxml import etree  # type: ignore[import-untyped]
 
 from postkasse.medcom import parse as parse_module
 from postkasse.medcom.document import Attachment, Letter, MedcomError, Party
-from postkasse.medcom.parse import MAX_DEPTH, Limits, Schemas, facts, parse
+from postkasse.medcom.parse import MAX_DEPTH, Limits, Schemas, parse
 from postkasse.routing.facts import Address, Facts
+from postkasse.routing.medcom import facts
 
 MEDCOM = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "medcom"
 NS_2005 = "http://rep.oio.dk/sundcom.dk/medcom.dk/xml/schemas/2005/08/07/"

@@ -16,13 +16,14 @@ from postkasse import logs
 from postkasse.clock import FixedClock
 from postkasse.config import DEFAULT_MUNICIPALITIES
 from postkasse.deadlines.rules import RuleBook
-from postkasse.mailbox.headers import ParseHeaders
+from postkasse.flows.parse import ParseHeaders
+from postkasse.flows.receipt import SendReceipt
+from postkasse.flows.route import RouteMessage
 from postkasse.pipeline import Follow, Next, Pipeline, Step, StepFailed
-from postkasse.receipts.step import SendReceipt
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import AgeRange
+from postkasse.routing.router import Router
 from postkasse.routing.senders import SenderKinds
-from postkasse.routing.step import RouteMessage, Router
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages
 from postkasse.store.schema import message_headers, referrals

@@ -15,12 +15,12 @@ from postkasse.committee import referrals
 from postkasse.committee.referrals import NewReferral
 from postkasse.config import DEFAULT_MUNICIPALITIES
 from postkasse.deadlines.rules import Rules
+from postkasse.flows.receipt import SendReceipt
+from postkasse.flows.send import SendMail
 from postkasse.pipeline import Next, Pipeline, StepFailed
 from postkasse.receipts import outgoing
 from postkasse.receipts.autoreply import refusal
 from postkasse.receipts.relay import Relay
-from postkasse.receipts.send import SendMail
-from postkasse.receipts.step import SendReceipt
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Received, Store, outbox
 from postkasse.store import messages as stored_messages

@@ -20,17 +20,17 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import Connection, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from postkasse import errors, logs
+from postkasse import errors, kinds, logs
 from postkasse.clock import Clock
 from postkasse.committee import audit, correspondence, referrals, triage, views
 from postkasse.committee.stats import statistics
 from postkasse.committee.tokens import Authenticator, Principal
 from postkasse.deadlines.rules import RuleBook
-from postkasse.mailbox.headers import ParseHeaders
-from postkasse.medcom import store as medcom_store
 from postkasse.pipeline import Next, Pipeline
+from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Received, Store, Stored, StoreUnavailable
+from postkasse.store import medcom as medcom_store
 from postkasse.store import messages as messages_store
 from postkasse.store.schema import messages
 from postkasse.store.schema import referrals as referrals_table
@@ -241,7 +241,7 @@ def create_router(api: Api) -> APIRouter:
             audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
             if decision.outcome == "returned" and decision.reason:
                 committee = _committee(api, row.municipality)
-                text = correspondence.returned_text(views.reference(referral_id), committee, decision.reason)
+                text = correspondence.returned_text(reference(referral_id), committee, decision.reason)
                 try:
                     follow = correspondence.write_to_sender(
                         conn, referral_id, text, who.name, api.from_address, now, committee, api.medcom
@@ -290,7 +290,7 @@ def create_router(api: Api) -> APIRouter:
             audit.record(conn, who.name, "message_sender", referral_id, now)
             work = api.pipeline.add(conn, follow, now)
         api.dispatch(work)
-        return {"status": "queued", "reference": views.reference(referral_id)}
+        return {"status": "queued", "reference": reference(referral_id)}
 
     def sender_only(who: Principal) -> None:
         if who.scope != "sender":
@@ -437,7 +437,7 @@ def create_router(api: Api) -> APIRouter:
 def _store_submission(api: Api, received: Received) -> Stored:
     with api.store.write() as conn:
         (stored,) = messages_store.save(
-            conn, [received], ParseHeaders.name, received.received_at + api.pipeline.lease
+            conn, [received], kinds.PARSE, received.received_at + api.pipeline.lease
         )
     return stored
 

@@ -13,9 +13,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, insert, select, update
 
-from postkasse.committee.views import reference, referral_from_reference
+from postkasse import kinds
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
+from postkasse.reference import reference, referral_from_reference
 from postkasse.store.schema import messages, outgoing_mail, referrals, thread
 
 _MESSAGE_IDS = re.compile(r"<[^<>\s]+>")
@@ -71,7 +72,7 @@ def write_to_sender(
         now=now,
     )
     _on_thread(conn, referral_id, now, author, text, outgoing_id)
-    return [("send", outgoing_id)]
+    return [(kinds.SEND, outgoing_id)]
 
 
 def _on_thread(

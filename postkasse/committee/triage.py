@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from postkasse import kinds
 from postkasse.committee import referrals as referral_states
 from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Follow
@@ -72,4 +73,4 @@ def assign(
     """An operator sends a triaged referral to a municipality; an urgent one alerts that committee now."""
     referral_states.assign(conn, referral_id, municipality, note, now, actor, rules)
     urgent = conn.execute(select(referrals.c.urgent).where(referrals.c.id == referral_id)).scalar_one()
-    return [("urgent", referral_id)] if urgent else []
+    return [(kinds.URGENT, referral_id)] if urgent else []

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import Connection, select
 
 from postkasse.clock import COPENHAGEN
 from postkasse.mailbox import content
+from postkasse.reference import reference
 from postkasse.store.schema import message_headers, messages, referrals, thread
-
-REFERENCE = re.compile(r"\bPK-(\d{6,12})\b")
-
-
-def reference(referral_id: int) -> str:
-    """Our reference for a referral, as senders see it in receipts and subjects."""
-    return f"PK-{referral_id:06d}"
-
-
-def referral_from_reference(text: str) -> int | None:
-    match = REFERENCE.search(text)
-    return int(match.group(1)) if match else None
-
 
 SUMMARY_COLUMNS = (
     referrals.c.id,

@@ -1,7 +1,8 @@
 """Deadlines: the daily emptying and the 8-day handling deadline (rules), where each referral stands
-(assess), the check that sends alerts (alerts), and `postkasse deadlines report` (report).
+(assess), what is late and the alert mails it gets (alerts), and `postkasse deadlines report` (report).
+The periodic check and the alert steps that run it are in `flows.alerts`.
 
-Only the rules are re-exported here: the committee room uses them, and the other modules use the committee's.
+Only the rules are re-exported here: the committee room stamps them on each referral.
 """
 
 from postkasse.deadlines.rules import RuleBook, Rules, rulebook

@@ -15,19 +15,18 @@ only: no CPR, name or subject.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, text, update
 
-from postkasse import logs
-from postkasse.committee.views import reference
+from postkasse import kinds, logs
 from postkasse.deadlines.assess import OPEN_STATES, Assessment, Finding, findings
 from postkasse.deadlines.rules import RuleBook
-from postkasse.pipeline import Follow, Next, Pipeline
+from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
+from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import insert_ignoring_duplicates, insert_on_conflict
 from postkasse.store.schema import deadline_alerts, periodic_runs, referrals
@@ -135,7 +134,7 @@ class Alerter:
             ).all()
             inserted = {(r.referral_id, r.deadline) for r in rows}
             raised = [f for f in new if (f.referral_id, f.deadline) in inserted]
-            follow += [(SendAlert.name, r.id) for r in rows]
+            follow += [(kinds.ALERT, r.id) for r in rows]
         resolved = self._resolve(conn, survey.cleared, now, follow)
         self._finished(conn, now)
         return CheckResult(True, raised, resolved, follow)
@@ -223,7 +222,7 @@ class Alerter:
         for key, alerts in cleared.items():
             if any(a.id in changed for a in alerts):
                 last = max(alerts, key=lambda a: (a.level == "breach", a.id))
-                follow.append((SendResolved.name, last.id))
+                follow.append((kinds.ALERT_RESOLVED, last.id))
                 done.append(key)
         return done
 
@@ -266,7 +265,7 @@ class Alerter:
                 answers_message=None,
                 now=now,
             )
-            follow.append(("send", outgoing_id))
+            follow.append((kinds.SEND, outgoing_id))
         return follow
 
     def _finished(self, conn: Connection, now: datetime) -> None:
@@ -274,19 +273,6 @@ class Alerter:
         conn.execute(
             stmt.on_conflict_do_update(index_elements=[periodic_runs.c.name], set_={"finished_at": now})
         )
-
-
-def run_check(pipeline: Pipeline, alerter: Alerter) -> list[Next]:
-    """One deadline check: a read, then a short write; returns the mail work to hand to the broker."""
-    now = pipeline.clock.now()
-    with pipeline.store.read() as conn:
-        survey = alerter.survey(conn, now)
-    with pipeline.store.write() as conn:
-        result = alerter.apply(conn, survey)
-        work = pipeline.add(conn, result.follow, now)
-    if result.raised or result.resolved:
-        log.info("deadline check", raised=len(result.raised), resolved=len(result.resolved))
-    return work
 
 
 def _still_late(conn: Connection, new: list[Finding]) -> list[Finding]:
@@ -321,39 +307,3 @@ def last_check(conn: Connection) -> datetime | None:
         select(periodic_runs.c.finished_at).where(periodic_runs.c.name == CHECK)
     ).scalar_one_or_none()
     return finished
-
-
-class SendAlert:
-    """The `alert` step: the mails for one raised alert, to the committee and operations."""
-
-    name = "alert"
-    max_attempts = 5
-    min_backoff = timedelta(seconds=2)
-    max_backoff = timedelta(minutes=1)
-
-    def __init__(self, alerter: Alerter) -> None:
-        self.alerter = alerter
-
-    def run(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
-        return self.alerter.mail_raised(conn, alert_id, now)
-
-    def give_up(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
-        return ()
-
-
-class SendResolved(SendAlert):
-    """The `alert_resolved` step: the mails saying an alert has cleared."""
-
-    name = "alert_resolved"
-
-    def run(self, conn: Connection, alert_id: int, now: datetime) -> Sequence[Follow]:
-        return self.alerter.mail_resolved(conn, alert_id, now)
-
-
-class UrgentAlert(SendAlert):
-    """The `urgent` step: alert at once about a referral the sender marked urgent."""
-
-    name = "urgent"
-
-    def run(self, conn: Connection, referral_id: int, now: datetime) -> Sequence[Follow]:
-        return self.alerter.urgent(conn, referral_id, now)

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from postkasse.clock import COPENHAGEN
-from postkasse.committee.views import reference
 from postkasse.deadlines.rules import RuleBook
+from postkasse.reference import reference
 from postkasse.store.schema import referrals
 
 OPEN_STATES = ("triage", "new", "pulled")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from postkasse.clock import COPENHAGEN
-from postkasse.committee.views import reference
 from postkasse.deadlines.assess import Assessment
 from postkasse.receipts.compose import DEADLINE_NAMES
+from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 
 LEVEL_TEXT = {"ok": "ok", "warning": "VARSEL", "breach": "OVERSKREDET"}

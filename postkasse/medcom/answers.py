@@ -19,16 +19,17 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from lxml import etree  # type: ignore[import-untyped]
 
-from postkasse.clock import COPENHAGEN
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
 from postkasse.medcom.parse import CPR_SYSTEM, FHIR_NAMESPACE, SOR_SYSTEM, XHTML_NAMESPACE
 
 Json = dict[str, Any]
 AckCode = Literal["ok", "transient-error", "fatal-error"]
 
+COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # MedCom writes Danish local time
 OIOXML_BASE = "http://rep.oio.dk/sundcom.dk/medcom.dk/xml/schemas/"
 NS_2005 = OIOXML_BASE + "2005/08/07/"
 NS_2006 = OIOXML_BASE + "2006/07/01/"

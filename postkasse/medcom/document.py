@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from postkasse.routing.facts import Address
+from postkasse.address import Address
 
 Format = Literal["oioxml", "fhir-xml", "fhir-json"]
 

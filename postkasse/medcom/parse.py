@@ -34,8 +34,8 @@ from urllib.parse import unquote, urlparse
 
 from lxml import etree  # type: ignore[import-untyped]
 
+from postkasse.address import Address
 from postkasse.medcom.document import Attachment, Document, Letter, MedcomError, Party
-from postkasse.routing.facts import Address, Facts
 
 OIOXML_NAMESPACE = re.compile(  # MedCom's versions, dated; older ones under sundcom.dk, newer ones not
     r"^http://rep\.oio\.dk/(?:sundcom\.dk/)?medcom\.dk/xml/schemas/(?:(\d{4})/(\d{2})/(\d{2})/)?"
@@ -270,19 +270,6 @@ def _too_many_nodes(limits: Limits) -> MedcomError:
 def _too_deep(limits: Limits, what: str = "Dokumentet") -> MedcomError:
     return MedcomError(
         "syntaksfejl", f"{what} er indlejret mere end {limits.max_depth} niveauer dybt.", reason="too_deep"
-    )
-
-
-def facts(letter: Letter) -> Facts:
-    """What routing may use from one letter; a receiver named by kommunenummer is an explicit municipality."""
-    return Facts(
-        cprs=(re.sub(r"[\s-]", "", letter.cpr),) if letter.cpr else (),
-        name=letter.patient_name,
-        address=letter.address,
-        receiver_municipality=letter.receiver.municipality,
-        subject=letter.subject,
-        urgent=letter.urgent,
-        source="medcom",
     )
 
 

@@ -8,13 +8,12 @@ only when its first six digits are a date, so order and phone numbers are not mi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from typing import Protocol
 
 from stdnum.dk import cpr as stdnum_cpr
 from stdnum.exceptions import ValidationError
 
-from postkasse.mailbox import content
-from postkasse.routing.facts import Address, Extractor, Facts
+from postkasse.routing.facts import Address, Facts
 
 _CPR_LABEL = r"(?:cpr(?:[\s.-]*(?:nr|nummer))?\.?|personnummer|personnr\.?)"
 LABELLED_CPR = re.compile(rf"{_CPR_LABEL}\s*[:.]?\s*(\d{{6}}\s?-?\s?[0-9A-Za-z]{{4}})(?![0-9A-Za-z])", re.I)
@@ -101,21 +100,25 @@ def normalise_name(name: str) -> str:
     return " ".join(name.split())
 
 
+class Mail(Protocol):
+    """A mail as the mailbox read it (`mailbox.content.Mail`): routing needs its headers, text and notes."""
+
+    notes: list[str]
+
+    def header(self, name: str) -> str | None: ...
+
+    def text(self) -> str: ...
+
+
 class MailExtractor:
-    """The fallback extractor: any RFC 5322 mail, read from its subject and text body."""
+    """Facts from any RFC 5322 mail, read from its subject and text body."""
 
     name = "mail"
 
     def __init__(self, municipality_names: dict[str, str] | None = None) -> None:
         self.municipality_names = municipality_names or {}
 
-    def accepts(self, raw: bytes) -> bool:
-        return True
-
-    def extract(self, raw: bytes) -> Facts:
-        return self.facts(content.read(raw))
-
-    def facts(self, mail: content.Mail) -> Facts:
+    def facts(self, mail: Mail) -> Facts:
         """The facts of a parsed mail; what could not be read is among its notes."""
         subject = mail.header("Subject") or ""
         body = mail.text()
@@ -131,11 +134,3 @@ class MailExtractor:
             source=self.name,
             notes=tuple(mail.notes),
         )
-
-
-def extract(raw: bytes, extractors: Sequence[Extractor]) -> Facts:
-    """Facts from the first extractor that accepts the message."""
-    for extractor in extractors:
-        if extractor.accepts(raw):
-            return extractor.extract(raw)
-    raise LookupError("no extractor accepts this message")

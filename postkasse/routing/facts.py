@@ -1,24 +1,16 @@
 """What a message says about the child and where it lives: the input to the routing policy.
 
-Each format (plain mail now; MedCom OIOXML and FHIR later) has an extractor that turns a stored
-message into Facts. Extractors only read; they decide nothing.
+A plain mail's facts come from `routing.extract`, a MedCom letter's from `routing.medcom`; both only read,
+they decide nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from postkasse.address import Address
 
-@dataclass(frozen=True)
-class Address:
-    street: str | None  # the road name as written
-    house_number: str | None
-    postal_code: str | None  # four digits
-
-    def describe(self) -> str:
-        parts = [" ".join(p for p in (self.street, self.house_number) if p), self.postal_code or ""]
-        return ", ".join(p for p in parts if p)
+__all__ = ["Address", "Facts"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +25,3 @@ class Facts:
     urgent: bool = False
     source: str = "mail"
     notes: tuple[str, ...] = field(default=())
-
-
-class Extractor(Protocol):
-    """Reads one format. `accepts` says whether the raw message is of that format."""
-
-    name: str
-
-    def accepts(self, raw: bytes) -> bool: ...
-
-    def extract(self, raw: bytes) -> Facts: ...

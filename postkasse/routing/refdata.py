@@ -205,6 +205,3 @@ class Geography:
 
     def street_municipalities(self, street: str, postal_code: str) -> frozenset[str]:
         return self.streets.get((postal_code, normalise_name(street)), frozenset())
-
-    def knows_postal_code(self, postal_code: str) -> bool:
-        return postal_code in self.postal

@@ -5,10 +5,13 @@ Revises: 0003
 Create Date: 2026-11-23 04:21:11.302762
 """
 
+from datetime import UTC, datetime, timedelta
+
 import sqlalchemy as sa
 from alembic import op
 
 import postkasse.store.schema
+from postkasse.clock import COPENHAGEN
 
 revision = "0004"
 down_revision = "0003"
@@ -153,13 +156,18 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_referrals_state_warn_at"), ["state", "warn_at"], unique=False)
 
 
+def _days_after(received_at: datetime, days: int) -> datetime:
+    """The same Copenhagen wall-clock time `days` calendar days later, in UTC."""
+    local = received_at.astimezone(COPENHAGEN).replace(tzinfo=None) + timedelta(days=days)
+    return local.replace(tzinfo=COPENHAGEN).astimezone(UTC)
+
+
 def _backfill() -> None:
-    """Existing referrals get their times from their message and their events, and the default rules."""
-    from postkasse.deadlines.rules import Rules
+    """Existing referrals get their times from their message and their events, and the rules' defaults
+    as this revision had them: due 8 calendar days after receipt, warned 2 days before."""
     from postkasse.store.schema import messages, referral_events, referrals
 
     conn = op.get_bind()
-    rules = Rules()
     rows = conn.execute(
         sa.select(
             referrals.c.id,
@@ -178,7 +186,7 @@ def _backfill() -> None:
                 .group_by(referral_events.c.action)
             ).all()
         }
-        warn_at, due_at = rules.handling(row.received_at)
+        warn_at, due_at = _days_after(row.received_at, 6), _days_after(row.received_at, 8)
         conn.execute(
             sa.update(referrals)
             .where(referrals.c.id == row.id)

@@ -1,14 +1,15 @@
 """The `route` step: read the stored message, decide where it goes, and create its referral.
 
+A MedCom document (an HTTP submission, or a mail part of an XML or FHIR type) is handed to `route_medcom`;
+anything else is mail: a resend is noted on the first referral, an answer to a committee's message is put on
+its thread, and the rest is routed by `routing` on the facts the mail gives.
+
 Idempotent: a message that already has a referral is left alone, and a message whose Message-ID and
 sender match an earlier one is recorded as a duplicate on the first referral, never shown twice.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from array import array
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from email.errors import MessageError
@@ -17,20 +18,15 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from postkasse import logs
-from postkasse.clock import danish_date
+from postkasse import kinds, logs
 from postkasse.committee import correspondence, referrals
-from postkasse.config import Settings
-from postkasse.deadlines.rules import RuleBook, rulebook
+from postkasse.deadlines.rules import RuleBook
+from postkasse.flows.route_medcom import MedcomIntake, document_of
 from postkasse.mailbox import content
-from postkasse.medcom.intake import MedcomIntake, document_of
 from postkasse.pipeline import Follow
-from postkasse.routing.extract import MailExtractor, extract
-from postkasse.routing.facts import Extractor, Facts
-from postkasse.routing.municipalities import Municipalities
-from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, AgeRange, Decision, decide, unreadable
-from postkasse.routing.refdata import Geography, imports
-from postkasse.routing.registry import LocalRegistry, Registry
+from postkasse.routing.facts import Facts
+from postkasse.routing.policy import ROUTING_FAILED, TRIAGE_TEXT, Decision, unreadable
+from postkasse.routing.router import Router
 from postkasse.routing.senders import SenderKinds
 from postkasse.store import Store
 from postkasse.store import messages as stored
@@ -51,74 +47,8 @@ def content_fault(exc: BaseException) -> bool:
     )
 
 
-class StoreLookups:
-    """The policy's lookups against the store: municipalities from configuration, the rest imported."""
-
-    def __init__(self, municipalities: Municipalities, geography: Geography, registry: Registry) -> None:
-        self.municipalities = municipalities
-        self.geography = geography
-        self.registry = registry
-
-    def registry_municipality(self, cpr: str) -> str | None:
-        return self.registry.municipality_of(cpr)
-
-    def postal_municipalities(self, postal_code: str) -> frozenset[str]:
-        return self.geography.postal_municipalities(postal_code)
-
-    def street_municipalities(self, street: str, postal_code: str) -> frozenset[str]:
-        return self.geography.street_municipalities(street, postal_code)
-
-
-class ReferenceCache:
-    """Geography and registry in memory, loaded again when an import changed them.
-
-    Whether an import happened is asked at most once per `check_seconds`, not once per message."""
-
-    def __init__(self, check_seconds: float = 1.0) -> None:
-        self.lock = threading.Lock()
-        self.check_seconds = check_seconds
-        self.checked_at = -check_seconds
-        self.version: object = None
-        self.geography = Geography({}, {})
-        self.registry = LocalRegistry(array("q"), array("H"), [], {})
-
-    def get(self, conn: Connection) -> tuple[Geography, LocalRegistry]:
-        with self.lock:
-            if time.monotonic() - self.checked_at >= self.check_seconds:
-                current = imports(conn)
-                version = (current.get("postnord"), current.get("roads"), current.get("registry"))
-                if version != self.version:
-                    self.geography = Geography.load(conn)
-                    self.registry = LocalRegistry.load(conn)
-                    self.version = version
-                self.checked_at = time.monotonic()
-            return self.geography, self.registry
-
-
-class Router:
-    """Facts to decision for one stored message; used by the step and by `postkasse route --explain`."""
-
-    def __init__(self, municipalities: Municipalities, ages: AgeRange) -> None:
-        self.municipalities = municipalities
-        self.ages = ages
-        self.mail = MailExtractor(municipalities.by_name)
-        self.extractors: list[Extractor] = [self.mail]
-        self.reference = ReferenceCache()
-
-    def lookups(self, conn: Connection) -> StoreLookups:
-        geography, registry = self.reference.get(conn)
-        return StoreLookups(self.municipalities, geography, registry)
-
-    def decide(self, conn: Connection, raw: bytes, received_at: datetime) -> tuple[Decision, Facts]:
-        facts = extract(raw, self.extractors)
-        return self.decide_facts(conn, facts, received_at), facts
-
-    def decide_facts(self, conn: Connection, facts: Facts, received_at: datetime) -> Decision:
-        return decide(facts, self.lookups(conn), danish_date(received_at), self.ages)
-
-
 class RouteMessage:
-    name = "route"
+    name = kinds.ROUTE
     max_attempts = 5
     min_backoff = timedelta(seconds=2)
     max_backoff = timedelta(minutes=2)
@@ -130,18 +60,6 @@ class RouteMessage:
         self.rules = rules
         self.senders = senders
         self.medcom = medcom
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RouteMessage:
-        municipalities = Municipalities.load(settings.routing.municipalities_file)
-        rules = rulebook(settings.deadlines)
-        senders = SenderKinds(settings.routing.sender_kinds.model_dump().items())
-        return cls(
-            Router(municipalities, AgeRange(settings.routing.min_age, settings.routing.max_age)),
-            rules,
-            senders,
-            MedcomIntake(settings.medcom, rules, senders, settings.outbound.from_address),
-        )
 
     def prepare(self, store: Store, message_id: int) -> None:
         """A MedCom document is parsed and validated here, so the write transaction never waits on it."""
@@ -163,8 +81,8 @@ class RouteMessage:
             ),
             now,
         )
-        urgent: list[Follow] = [("urgent", referral_id)] if facts and facts.urgent else []
-        return [("receipt", message.id), *urgent]
+        urgent: list[Follow] = [(kinds.URGENT, referral_id)] if facts and facts.urgent else []
+        return [(kinds.RECEIPT, message.id), *urgent]
 
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         """Route the message; content that cannot be read sends it to triage, and only the store's and the
@@ -195,13 +113,13 @@ class RouteMessage:
             original = referrals.for_message(conn, first)
             if original is not None:
                 referrals.note_duplicate(conn, original.id, message.id, now)
-                return [*follow, ("receipt", message.id)]
+                return [*follow, (kinds.RECEIPT, message.id)]
         mail = content.read(message.raw)
         answered = correspondence.match_reply(conn, message.mail_from, mail.message)
         if answered is not None:
             text = mail.text().strip()
             correspondence.attach_reply(conn, answered, message.id, message.mail_from, text, now)
-            return [("receipt", message.id)]
+            return [(kinds.RECEIPT, message.id)]
         facts = self.router.mail.facts(mail)
         if mail.unreadable:
             return self._create(conn, message, unreadable(facts.notes), facts, now)
@@ -210,7 +128,7 @@ class RouteMessage:
 
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if referrals.for_message(conn, message_id) is not None:
-            return [("receipt", message_id)]
+            return [(kinds.RECEIPT, message_id)]
         message = conn.execute(  # what _create needs, not the raw message
             select(messages.c.id, messages.c.received_at, messages.c.mail_from).where(
                 messages.c.id == message_id

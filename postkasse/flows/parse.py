@@ -12,18 +12,17 @@ from email.parser import BytesHeaderParser
 
 from sqlalchemy import Connection, insert
 
+from postkasse import kinds
 from postkasse.mailbox.content import readable
 from postkasse.pipeline import Follow
 from postkasse.store.messages import header_block, raw_of, storable
 from postkasse.store.schema import message_headers
 
-__all__ = ["ParseHeaders", "readable"]  # `readable` is read from here too
-
 _PARSER = BytesHeaderParser(policy=policy.compat32)
 
 
 class ParseHeaders:
-    name = "parse"
+    name = kinds.PARSE
     max_attempts = 5
     min_backoff = timedelta(seconds=1)
     max_backoff = timedelta(minutes=5)
@@ -41,8 +40,8 @@ class ParseHeaders:
                 parsed_at=now,
             )
         )
-        return [("route", message_id)]
+        return [(kinds.ROUTE, message_id)]
 
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         """Headers that cannot be read are no reason not to route: routing reads the message itself."""
-        return [("route", message_id)]
+        return [(kinds.ROUTE, message_id)]

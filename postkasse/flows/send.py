@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 
-from postkasse import errors, logs, metrics
+from postkasse import errors, kinds, logs, metrics
+from postkasse.config import Settings
 from postkasse.pipeline import Follow, Postponed
 from postkasse.receipts import outgoing
 from postkasse.receipts.relay import PermanentFailure, Relay
@@ -24,15 +25,26 @@ from postkasse.store import Store
 
 log = logs.get(__name__)
 
-AUTOMATIC = (
-    "receipt",
-    "alert",
-    "medcom_answer",
-)  # sent with the null envelope sender: nothing may answer them
+# Outgoing mail kinds (not step kinds) sent with the null envelope sender: nothing may answer them.
+AUTOMATIC = ("receipt", "alert", "medcom_answer")
+
+
+def relay(settings: Settings) -> Relay:
+    """The outbound relay the settings name."""
+    out = settings.outbound
+    return Relay(
+        out.host,
+        out.port,
+        out.tls,
+        out.user,
+        out.password.get_secret_value(),
+        out.ca_file,
+        out.timeout_seconds,
+    )
 
 
 class SendMail:
-    name = "send"
+    name = kinds.SEND
     max_attempts = 10
     min_backoff = timedelta(seconds=5)
     max_backoff = timedelta(minutes=15)

@@ -15,13 +15,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select
 
-from postkasse import metrics
+from postkasse import kinds, metrics
 from postkasse.committee.correspondence import reply_in_thread
 from postkasse.committee.referrals import for_message
-from postkasse.committee.views import reference
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
 from postkasse.receipts.autoreply import refusal
+from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import TRIAGE_TEXT
 from postkasse.store.messages import first_copy
@@ -31,7 +31,7 @@ _HEADERS = BytesHeaderParser(policy=policy.compat32)
 
 
 class SendReceipt:
-    name = "receipt"
+    name = kinds.RECEIPT
     max_attempts = 5
     min_backoff = timedelta(seconds=2)
     max_backoff = timedelta(minutes=2)
@@ -92,7 +92,7 @@ class SendReceipt:
             answers_message=message_id,
             now=now,
         )
-        return [("send", outgoing_id)]
+        return [(kinds.SEND, outgoing_id)]
 
     def give_up(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         return ()

@@ -1,4 +1,4 @@
-"""MedCom documents in the route step: find the document in a stored message, apply MedCom's rules
+"""The `route` step for a MedCom document: find the document in a stored message, apply MedCom's rules
 (duplicates, reused envelopes, receivers), route each letter like mail, and write the answer MedCom
 prescribes, to go back by the channel the document came in on.
 
@@ -19,20 +19,22 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, select, update
 
-from postkasse import logs
+from postkasse import kinds, logs
 from postkasse.committee import correspondence, referrals
-from postkasse.committee.views import reference as reference_of
-from postkasse.committee.views import referral_from_reference
 from postkasse.config import MedcomSettings
 from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox import content
-from postkasse.mailbox.headers import readable
+from postkasse.mailbox.content import readable
 from postkasse.medcom import answers
 from postkasse.medcom.document import Document, Letter, MedcomError, Party
-from postkasse.medcom.parse import Limits, Schemas, facts, parse
+from postkasse.medcom.parse import Limits, Schemas, parse
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
+from postkasse.reference import reference as reference_of
+from postkasse.reference import referral_from_reference
+from postkasse.routing.medcom import facts
 from postkasse.routing.policy import Decision
+from postkasse.routing.router import Router
 from postkasse.routing.senders import SenderKinds
 from postkasse.store import Store, insert_ignoring_duplicates
 from postkasse.store.schema import medcom_answers, medcom_first_letters, medcom_letters, messages
@@ -138,7 +140,9 @@ class MedcomIntake:
             prepared = self._prepared.pop(message_id, None)
         return prepared if prepared is not None else self._read_or_refuse(data)
 
-    def route(self, conn: Connection, message: Any, data: bytes, now: datetime, router: Any) -> list[Follow]:
+    def route(
+        self, conn: Connection, message: Any, data: bytes, now: datetime, router: Router
+    ) -> list[Follow]:
         """Route every letter of the document in `message`; returns the work that follows."""
         document = self._document(message.id, data)
         if isinstance(document, MedcomError):
@@ -276,7 +280,13 @@ class MedcomIntake:
         return any(i in self.settings.receivers for i in (receiver.ean, receiver.identifier) if i)
 
     def _reply_or_route(
-        self, conn: Connection, message: Any, letter: Letter, now: datetime, router: Any, follow: list[Follow]
+        self,
+        conn: Connection,
+        message: Any,
+        letter: Letter,
+        now: datetime,
+        router: Router,
+        follow: list[Follow],
     ) -> int:
         """A letter from the referral's own sender that names one of our references, or continues the
         referral's MedCom thread, joins its correspondence; any other letter becomes a referral of its own."""
@@ -305,7 +315,7 @@ class MedcomIntake:
             now,
         )
         if found.urgent:
-            follow.append(("urgent", referral_id))
+            follow.append((kinds.URGENT, referral_id))
         return referral_id
 
     # --- the committee writes back ---------------------------------------------------------------
@@ -523,7 +533,7 @@ class MedcomIntake:
                 answers_message=message.id,
                 now=now,
             )
-            follow.append(("send", outgoing_id))
+            follow.append((kinds.SEND, outgoing_id))
         conn.execute(
             medcom_answers.insert().values(
                 message_id=message.id,
