@@ -24,7 +24,7 @@ from postkasse.receipts.autoreply import refusal
 from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import TRIAGE_TEXT
-from postkasse.store.messages import first_copy
+from postkasse.store.messages import first_copy, header_block
 from postkasse.store.schema import messages, referrals
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
@@ -52,7 +52,7 @@ class SendReceipt:
         if outgoing.receipt_for(conn, message_id) is not None:
             return ()
         message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
-        headers = _HEADERS.parsebytes(message.raw)
+        headers = _HEADERS.parsebytes(header_block(message.raw))  # RFC 3834 reads headers only
         reason = refusal(message.mail_from, headers, self.own)
         if (
             reason is None

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from postkasse import kinds, logs
 from postkasse.committee import correspondence, referrals
 from postkasse.deadlines.rules import RuleBook
-from postkasse.flows.route_medcom import MedcomIntake, document_of
+from postkasse.flows.route_medcom import MedcomIntake, document_in, may_carry_document
 from postkasse.mailbox import content
 from postkasse.pipeline import Follow
 from postkasse.routing.facts import Facts
@@ -103,7 +103,11 @@ class RouteMessage:
         return self._create(conn, message, unreadable(), None, now)
 
     def _route(self, conn: Connection, message: Any, now: datetime) -> Sequence[Follow]:
-        document = document_of(message.channel, message.raw) if self.medcom else None
+        """The message is parsed once here; the document search, the reply match and the facts share it."""
+        if self.medcom and message.channel == "http":
+            return self.medcom.route(conn, message, message.raw, now, self.router)
+        mail = content.read(message.raw)
+        document = document_in(mail) if self.medcom and may_carry_document(message.raw) else None
         if self.medcom and document is not None:
             return self.medcom.route(conn, message, document, now, self.router)
         first = stored.first_copy(conn, message)
@@ -114,7 +118,6 @@ class RouteMessage:
             if original is not None:
                 referrals.note_duplicate(conn, original.id, message.id, now)
                 return [*follow, (kinds.RECEIPT, message.id)]
-        mail = content.read(message.raw)
         answered = correspondence.match_reply(conn, message.mail_from, mail.message)
         if answered is not None:
             text = mail.text().strip()

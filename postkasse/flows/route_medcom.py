@@ -60,11 +60,19 @@ def document_of(channel: str, raw: bytes) -> bytes | None:
     or FHIR type (or named .xml / .json) that reads as one. None for ordinary mail."""
     if channel == "http":
         return raw
+    return document_in(content.read(raw)) if may_carry_document(raw) else None
+
+
+def may_carry_document(raw: bytes) -> bool:
+    """Whether a mail's headers leave room for a document part: most mail is read no further."""
     header_end = raw.find(b"\r\n\r\n")
     header = raw[: header_end if header_end >= 0 else 4096].lower()
-    if b"multipart" not in header and b"xml" not in header and b"json" not in header:
-        return None
-    for part in content.read(raw).message.walk():  # bounded in depth; never raises
+    return b"multipart" in header or b"xml" in header or b"json" in header
+
+
+def document_in(mail: content.Mail) -> bytes | None:
+    """The first part of the mail, as already parsed, that reads as a MedCom document."""
+    for part in mail.message.walk():  # bounded in depth; never raises
         if part.is_multipart():
             continue
         try:
@@ -120,12 +128,12 @@ class MedcomIntake:
     def prepare(self, store: Store, message_id: int) -> None:
         """Parse the stored message's document before the route step's write transaction, in a read of its
         own: parsing and validating a large document then never holds SQLite's write lock. `route` takes
-        the result; without it (a restart, another process) `route` parses by itself."""
+        the result; without it (a restart, another process) `route` parses by itself. Only a submission
+        over HTTP is read here: a mail is parsed once, by the route step, which finds any document in it."""
         with store.read() as conn:
-            row = conn.execute(
-                select(messages.c.channel, messages.c.raw).where(messages.c.id == message_id)
-            ).one_or_none()
-        data = document_of(row.channel, row.raw) if row is not None else None
+            data = conn.execute(
+                select(messages.c.raw).where(messages.c.id == message_id, messages.c.channel == "http")
+            ).scalar()
         if data is None:
             return
         result = self._read_or_refuse(data)
