@@ -310,6 +310,23 @@ def test_a_message_to_the_sender_is_queued_as_mail(world: World) -> None:
     assert [n.kind for n in world.dispatched] == ["send"]
 
 
+def test_an_internal_note_is_kept_apart_and_never_sent(world: World) -> None:
+    referral_id = world.ids["favrskov"]
+    world.call("POST", f"/api/v1/referrals/{referral_id}/pull", "favrskov")
+    response = world.call(
+        "POST", f"/api/v1/referrals/{referral_id}/notes", "favrskov", json={"text": "Ring til skolen"}
+    )
+    assert response.status_code == 201
+    shown = response.json()
+    assert [(n["author"], n["text"]) for n in shown["notes"]] == [("favrskov-sag", "Ring til skolen")]
+    assert shown["thread"] == [] and shown["pulled_by"] == "favrskov-sag"
+    with world.store.read() as conn:
+        assert conn.execute(select(outgoing_mail)).all() == []
+    assert world.dispatched == []
+    blank = world.call("POST", f"/api/v1/referrals/{referral_id}/notes", "favrskov", json={"text": "  "})
+    assert (blank.status_code, blank.json()["errors"][0]["field"]) == (422, "text")
+
+
 def test_ops_sees_triage_and_assigns_but_never_contents(world: World) -> None:
     listed = world.call("GET", "/api/v1/triage", "ops").json()
     assert [r["id"] for r in listed["referrals"]] == [world.ids["triage"]]
@@ -349,6 +366,7 @@ SCOPED = {
     ("POST", "/api/v1/referrals/{referral_id}/decision"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/messages"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/exception"): 404,
+    ("POST", "/api/v1/referrals/{referral_id}/notes"): 404,
     ("GET", "/api/v1/triage"): 403,
     ("POST", "/api/v1/triage/{referral_id}/assign"): 403,
     ("GET", "/api/v1/stats"): 403,
@@ -365,6 +383,7 @@ SENDER_ROUTES = {route for route in SCOPED if "/messages" in route[1] and "refer
 BODIES = {
     "decision": {"outcome": "closed"},
     "messages": {"text": "hej"},
+    "notes": {"text": "hej"},
     "assign": {"municipality": "0751", "note": "x"},
     "exception": {"reason": "medical_reason", "note": "x"},
 }
@@ -405,7 +424,7 @@ def test_errors_are_json_with_a_code(world: World) -> None:
 
 def test_nothing_is_shown_that_could_not_be_audited(world: World) -> None:
     broken = AuditLog(Store("postgresql+psycopg://nobody@127.0.0.1:1/none"), timeout=10)
-    world.app.state.api.audit_log = broken
+    world.app.state.api.actions.audit_log = broken
     try:
         for path in (
             f"/api/v1/referrals/{world.ids['favrskov']}",

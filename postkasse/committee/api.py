@@ -8,34 +8,41 @@ and every change writes an audit row. Errors are JSON with a stable `code` and a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from postkasse import errors, kinds, logs
 from postkasse.clock import Clock
-from postkasse.committee import audit, correspondence, referrals, triage, views
-from postkasse.committee.stats import statistics
+from postkasse.committee import views
+from postkasse.committee.actions import (
+    OPS_ONLY,
+    Actions,
+    Assignment,
+    DeadlineException,
+    Decision,
+    InternalNote,
+    MessageToSender,
+    QueueState,
+    Refused,
+)
+from postkasse.committee.audit import AuditLog
+from postkasse.committee.correspondence import MedcomWriter
 from postkasse.committee.tokens import Authenticator, Principal
 from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Next, Pipeline
-from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Received, Store, Stored, StoreUnavailable
 from postkasse.store import medcom as medcom_store
 from postkasse.store import messages as messages_store
 from postkasse.store.schema import messages
-from postkasse.store.schema import referrals as referrals_table
-
-T = TypeVar("T")
 
 PAGE = 50
 log = logs.get(__name__)
@@ -47,13 +54,7 @@ ReferralId = Annotated[int, Path(ge=1, le=MAX_ID, description="the referral's id
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="the id the API gave it")]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
-
-
-NOT_FOUND = ApiError(404, "not_found", "No such referral.")
+ApiError = Refused
 
 
 @dataclass
@@ -65,55 +66,24 @@ class Api:
     pipeline: Pipeline
     dispatch: Callable[[Sequence[Next]], None]
     from_address: str
-    audit_log: audit.AuditLog
+    audit_log: AuditLog
     rules: RuleBook
     max_submission_bytes: int = 25 * 1024 * 1024
-    medcom: correspondence.MedcomWriter | None = None
+    medcom: MedcomWriter | None = None
+    actions: Actions = field(init=False)
 
-
-ReturnReason = Literal[
-    "missing_information", "ppr_not_involved", "not_target_group", "wrong_municipality", "other"
-]
-
-
-class Decision(BaseModel):
-    outcome: Literal["forwarded", "returned", "joint_pathway", "closed"]
-    unit: str | None = Field(None, max_length=200, description="the unit forwarded to; needed for forwarded")
-    reason: str | None = Field(None, max_length=2000, description="why it is returned; needed for returned")
-    reason_code: ReturnReason | None = Field(
-        None, description="returned: the reason as counted in the statistics; `other` when not given"
-    )
-    note: str | None = Field(None, max_length=4000)
-
-    @model_validator(mode="after")
-    def _detail(self) -> Decision:
-        if self.outcome == "forwarded" and not (self.unit and self.unit.strip()):
-            raise ValueError("unit: forwarding names the unit that takes the case")
-        if self.outcome == "returned" and not (self.reason and self.reason.strip()):
-            raise ValueError("reason: returning a referral (tilbagevisning) needs the reason")
-        return self
-
-
-class DeadlineException(BaseModel):
-    reason: Literal["authority_case", "medical_reason"] = Field(
-        ..., description="authority_case: sag af myndighedskarakter; medical_reason: lægefagligt hensyn"
-    )
-    note: str = Field(..., min_length=1, max_length=4000)
-
-    @model_validator(mode="after")
-    def _note(self) -> DeadlineException:
-        if not self.note.strip():
-            raise ValueError("note: an exception needs a note saying why")
-        return self
-
-
-class MessageToSender(BaseModel):
-    text: str = Field(..., min_length=1, max_length=20000)
-
-
-class Assignment(BaseModel):
-    municipality: str = Field(..., pattern=r"^\d{4}$")
-    note: str = Field(..., min_length=1, max_length=2000)
+    def __post_init__(self) -> None:
+        self.actions = Actions(
+            self.store,
+            self.clock,
+            self.municipalities,
+            self.pipeline,
+            self.dispatch,
+            self.from_address,
+            self.audit_log,
+            self.rules,
+            self.medcom,
+        )
 
 
 def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -132,62 +102,26 @@ Caller = Annotated[Principal, Depends(principal)]
 def create_router(api: Api) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
 
-    def visible(conn: Connection, who: Principal, referral_id: int) -> Any:
-        row = conn.execute(
-            select(referrals_table.c.id, referrals_table.c.municipality, referrals_table.c.state).where(
-                referrals_table.c.id == referral_id
-            )
-        ).one_or_none()
-        if row is None or not who.sees(row.municipality):
-            raise NOT_FOUND
-        return row
-
-    def ops_only(who: Principal) -> None:
-        if who.scope != "ops":
-            raise ApiError(403, "forbidden", "Only an operations token may do this.")
+    act = api.actions
 
     @router.get("/municipalities/{code}/referrals", tags=["committee"])
     def list_referrals(
         code: str,
         who: Caller,
-        state: Literal["new", "pulled", "handled"] = "new",
+        state: QueueState = "new",
         cursor: Annotated[int, Query(ge=0, le=MAX_ID, description="the last id of the previous page")] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = PAGE,
     ) -> JSONResponse:
         """The municipality's queue, oldest first, a page at a time.
 
         Read endpoints answer JSON directly: re-validating the dicts they build cost half of a read's CPU."""
-        if not who.sees(code):
-            raise ApiError(404, "not_found", "No such queue.")
-        with api.store.read() as conn:
-            rows = conn.execute(
-                select(*views.SUMMARY_COLUMNS)
-                .where(
-                    referrals_table.c.municipality == code,
-                    referrals_table.c.state == state,
-                    referrals_table.c.id > cursor,
-                )
-                .order_by(referrals_table.c.id)
-                .limit(limit)
-            ).all()
-        api.audit_log.record(
-            who.name, "list", None, api.clock.now(), municipality=code, state=state, count=len(rows)
-        )
-        items = [views.summary(r) for r in rows]
+        items = [views.summary(r) for r in act.queue(who, code, state, cursor, limit)]
         return JSONResponse({"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None})
 
     @router.get("/referrals/{referral_id}", tags=["committee"])
     def get_referral(referral_id: ReferralId, who: Caller) -> JSONResponse:
         """The referral: facts, routing reasons, sender, attachments, thread and deadline."""
-        with api.store.read() as conn:
-            visible(conn, who, referral_id)
-            found = views.detail(conn, referral_id)
-        assert found is not None
-        api.audit_log.record(who.name, "read", referral_id, api.clock.now())
-        if found["unread_reply"]:
-            with api.store.write() as conn:
-                referrals.mark_replies_read(conn, referral_id)
-        return JSONResponse(found)
+        return JSONResponse(act.read(who, referral_id))
 
     @router.get(
         "/referrals/{referral_id}/raw",
@@ -196,101 +130,32 @@ def create_router(api: Api) -> APIRouter:
     )
     def get_raw(referral_id: ReferralId, who: Caller) -> Response:
         """The message exactly as it was received."""
-        with api.store.read() as conn:
-            visible(conn, who, referral_id)
-            raw = conn.execute(
-                select(messages.c.raw)
-                .join(referrals_table, referrals_table.c.message_id == messages.c.id)
-                .where(referrals_table.c.id == referral_id)
-            ).scalar_one()
-        api.audit_log.record(who.name, "read_raw", referral_id, api.clock.now())
-        return Response(raw, media_type="message/rfc822")
+        return Response(act.raw(who, referral_id), media_type="message/rfc822")
 
     @router.post("/referrals/{referral_id}/pull", tags=["committee"])
     def pull(referral_id: ReferralId, who: Caller) -> dict[str, Any]:
         """The committee has taken the referral out of the mailbox."""
-        now = api.clock.now()
-        with api.store.write() as conn:
-            visible(conn, who, referral_id)
-            _change(lambda: referrals.pull(conn, referral_id, now, who.name))
-            audit.record(conn, who.name, "pull", referral_id, now)
-            found = views.detail(conn, referral_id)
-        assert found is not None
-        return found
+        return act.pull(who, referral_id)
 
     @router.post("/referrals/{referral_id}/decision", tags=["committee"])
     def decide(referral_id: ReferralId, decision: Decision, who: Caller) -> dict[str, Any]:
         """Forwarded to a unit, returned with a reason, a joint pathway started, or closed."""
-        now = api.clock.now()
-        detail = decision.unit if decision.outcome == "forwarded" else decision.reason
-        work: list[Next] = []
-        with api.store.write() as conn:
-            row = visible(conn, who, referral_id)
-            _change(
-                lambda: referrals.decide(
-                    conn,
-                    referral_id,
-                    decision.outcome,
-                    detail,
-                    decision.note,
-                    now,
-                    who.name,
-                    decision.reason_code,
-                )
-            )
-            audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
-            if decision.outcome == "returned" and decision.reason:
-                committee = _committee(api, row.municipality)
-                text = correspondence.returned_text(reference(referral_id), committee, decision.reason)
-                try:
-                    follow = correspondence.write_to_sender(
-                        conn, referral_id, text, who.name, api.from_address, now, committee, api.medcom
-                    )
-                    work = api.pipeline.add(conn, follow, now)
-                except correspondence.SenderUnreachable:
-                    audit.record(conn, who.name, "return_not_sent", referral_id, now, why="no return address")
-            found = views.detail(conn, referral_id)
-        api.dispatch(work)
-        assert found is not None
-        return found
+        return act.decide(who, referral_id, decision)
 
     @router.post("/referrals/{referral_id}/exception", tags=["committee"])
     def record_exception(referral_id: ReferralId, body: DeadlineException, who: Caller) -> dict[str, Any]:
         """Stop the handling clock: an authority case or a medical reason, with a note. Audited."""
-        now = api.clock.now()
-        with api.store.write() as conn:
-            visible(conn, who, referral_id)
-            _change(
-                lambda: referrals.record_exception(conn, referral_id, body.reason, body.note, now, who.name)
-            )
-            audit.record(conn, who.name, "exception", referral_id, now, reason=body.reason)
-            found = views.detail(conn, referral_id)
-        assert found is not None
-        return found
+        return act.record_exception(who, referral_id, body)
 
     @router.post("/referrals/{referral_id}/messages", tags=["committee"], status_code=202)
     def message_sender(referral_id: ReferralId, body: MessageToSender, who: Caller) -> dict[str, Any]:
         """A message to the sender, sent as mail with the referral's reference; replies join the thread."""
-        now = api.clock.now()
-        with api.store.write() as conn:
-            row = visible(conn, who, referral_id)
-            try:
-                follow = correspondence.write_to_sender(
-                    conn,
-                    referral_id,
-                    body.text,
-                    who.name,
-                    api.from_address,
-                    now,
-                    _committee(api, row.municipality),
-                    api.medcom,
-                )
-            except correspondence.SenderUnreachable as exc:
-                raise ApiError(409, "sender_unreachable", str(exc)) from None
-            audit.record(conn, who.name, "message_sender", referral_id, now)
-            work = api.pipeline.add(conn, follow, now)
-        api.dispatch(work)
-        return {"status": "queued", "reference": reference(referral_id)}
+        return {"status": "queued", "reference": act.write_to_sender(who, referral_id, body)}
+
+    @router.post("/referrals/{referral_id}/notes", tags=["committee"], status_code=201)
+    def add_note(referral_id: ReferralId, body: InternalNote, who: Caller) -> dict[str, Any]:
+        """A note for colleagues (intern note): kept with the referral's history, never sent."""
+        return act.note(who, referral_id, body)
 
     def sender_only(who: Principal) -> None:
         if who.scope != "sender":
@@ -384,33 +249,18 @@ def create_router(api: Api) -> APIRouter:
     @router.get("/triage", tags=["operations"])
     def list_triage(who: Caller) -> dict[str, Any]:
         """What could not be routed, and mail that could not be sent: reasons, never contents."""
-        ops_only(who)
-        with api.store.read() as conn:
-            waiting = [t.as_json() for t in triage.waiting(conn)]
-            failed = correspondence.failed_mail(conn)
-        return {"referrals": waiting, "failed_mail": failed}
+        return act.triage(who)
 
     @router.post("/triage/{referral_id}/assign", tags=["operations"])
     def assign(referral_id: ReferralId, body: Assignment, who: Caller) -> dict[str, Any]:
         """Send a triaged referral to a municipality's queue, with a note saying why."""
-        ops_only(who)
-        if api.municipalities.get(body.municipality) is None:
-            raise ApiError(422, "invalid_request", "municipality: no municipality has that code.")
-        now = api.clock.now()
-        with api.store.write() as conn:
-            follow = _change(
-                lambda: triage.assign(
-                    conn, referral_id, body.municipality, body.note, now, who.name, api.rules
-                )
-            )
-            audit.record(conn, who.name, "assign", referral_id, now, municipality=body.municipality)
-            work = api.pipeline.add(conn, follow, now)
-        api.dispatch(work)
+        act.assign(who, referral_id, body)
         return {"id": referral_id, "state": "new", "municipality": body.municipality}
 
     def ops_scope(who: Caller) -> None:
         """Refuses other tokens before the query is validated, so they learn nothing from a 422."""
-        ops_only(who)
+        if who.scope != "ops":
+            raise OPS_ONLY
 
     @router.get("/stats", tags=["operations"], dependencies=[Depends(ops_scope)])
     def get_stats(
@@ -419,17 +269,7 @@ def create_router(api: Api) -> APIRouter:
         end: Annotated[date, Query(alias="to", description="the last Danish day, inclusive")],
     ) -> JSONResponse:
         """The pilot's numbers per municipality and sender kind: counts only, no personal data."""
-        if start > end:
-            raise ApiError(422, "invalid_request", "from: the first day of the period comes after `to`.")
-        try:
-            with api.store.read() as conn:
-                found = statistics(conn, start, end, api.municipalities)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_request", f"{exc}.") from None
-        api.audit_log.record(
-            who.name, "stats", None, api.clock.now(), **{"from": start.isoformat(), "to": end.isoformat()}
-        )
-        return JSONResponse(found.as_json())
+        return JSONResponse(act.stats(who, start, end).as_json())
 
     return router
 
@@ -440,20 +280,6 @@ def _store_submission(api: Api, received: Received) -> Stored:
             conn, [received], kinds.PARSE, received.received_at + api.pipeline.lease
         )
     return stored
-
-
-def _committee(api: Api, code: str | None) -> str:
-    municipality = api.municipalities.get(code or "")
-    return f"{municipality.name}s koordinationsudvalg" if municipality else "kommunens koordinationsudvalg"
-
-
-def _change(change: Callable[[], T]) -> T:
-    try:
-        return change()
-    except LookupError:
-        raise NOT_FOUND from None
-    except referrals.TransitionError as exc:
-        raise ApiError(409, "invalid_state", str(exc)) from None
 
 
 class ContainFailures:

@@ -215,7 +215,7 @@ def assign(
 
 
 def pull(conn: Connection, referral_id: int, now: datetime, actor: str) -> None:
-    _move(conn, referral_id, "pull", now, actor, {"pulled_at": now}, {})
+    _move(conn, referral_id, "pull", now, actor, {"pulled_at": now, "pulled_by": actor}, {})
 
 
 def decide(
@@ -276,6 +276,13 @@ def record_exception(
             raise TransitionError(f"referral {referral_id} already has the exception {row.exception}")
         raise TransitionError(f"referral {referral_id} is {row.state}; an exception needs new or pulled")
     _event(conn, referral_id, now, actor, "exception", None, None, {"reason": reason, "note": note})
+
+
+def note(conn: Connection, referral_id: int, text: str, now: datetime, actor: str) -> None:
+    """A note for colleagues (intern note): part of the referral's history, never sent to anyone."""
+    if not text.strip():
+        raise ValueError("a note needs text")
+    _event(conn, referral_id, now, actor, "note", None, None, {"text": text})
 
 
 def note_duplicate(conn: Connection, referral_id: int, message_id: int, now: datetime) -> None:

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, select
 from postkasse.clock import COPENHAGEN
 from postkasse.mailbox import content
 from postkasse.reference import reference
-from postkasse.store.schema import message_headers, messages, referrals, thread
+from postkasse.store.schema import message_headers, messages, referral_events, referrals, thread
 
 SUMMARY_COLUMNS = (
     referrals.c.id,
@@ -22,6 +22,7 @@ SUMMARY_COLUMNS = (
     referrals.c.received_at,
     referrals.c.due_at,
     referrals.c.exception,
+    referrals.c.pulled_by,
 )
 
 
@@ -39,6 +40,7 @@ def summary(row: Any) -> dict[str, Any]:
         "flags": list(row.flags),
         "unread_reply": row.unread_reply,
         "outcome": row.outcome,
+        "pulled_by": row.pulled_by,
     }
 
 
@@ -64,6 +66,11 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
     entries = conn.execute(
         select(thread).where(thread.c.referral_id == referral_id).order_by(thread.c.id)
     ).all()
+    notes = conn.execute(
+        select(referral_events.c.at, referral_events.c.actor, referral_events.c.detail)
+        .where(referral_events.c.referral_id == referral_id, referral_events.c.action == "note")
+        .order_by(referral_events.c.id)
+    ).all()
     return {
         **summary(row),
         "outcome_detail": row.outcome_detail,
@@ -77,4 +84,5 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
             {"at": e.at.isoformat(), "direction": e.direction, "author": e.author, "text": e.text}
             for e in entries
         ],
+        "notes": [{"at": n.at.isoformat(), "author": n.actor, "text": n.detail["text"]} for n in notes],
     }

@@ -205,6 +205,7 @@ referrals = Table(
     Column("warn_at", UTCDateTime, nullable=False, comment="handling deadline: the warning"),
     Column("due_at", UTCDateTime, nullable=False, comment="handling deadline, fixed when routed or assigned"),
     Column("pulled_at", UTCDateTime, nullable=True),
+    Column("pulled_by", Text, nullable=True, comment="who took it: a user or a token name"),
     Column("handled_at", UTCDateTime, nullable=True),
     Column("exception", String(24), nullable=True, comment="authority_case | medical_reason: clock stopped"),
     Column("created_at", UTCDateTime, nullable=False),
@@ -322,6 +323,45 @@ tokens = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     CheckConstraint("scope IN ('committee', 'ops', 'sender')", name="scope"),
     CheckConstraint("(scope = 'committee') = (municipality IS NOT NULL)", name="committee_has_municipality"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("municipality", String(4), nullable=True, comment="for committee users: the one queue they see"),
+    Column("password_hash", Text, nullable=True, comment="argon2id; null for users who log in by OIDC"),
+    Column("subject", Text, nullable=True, unique=True, comment="OIDC: issuer and subject"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime, nullable=True),
+    CheckConstraint("role IN ('committee', 'ops')", name="role"),
+    CheckConstraint("(role = 'committee') = (municipality IS NOT NULL)", name="committee_has_municipality"),
+)
+
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("token_hash", String(64), nullable=False, unique=True, comment="SHA-256 of the cookie's secret"),
+    Column("user_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("csrf", String(64), nullable=False, comment="the token every form of this session carries"),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Index(None, "user_id"),
+)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("account", String(64), nullable=False),
+    Column("address", String(64), nullable=False),
+    Index(None, "account", "at"),
+    Index(None, "address", "at"),
 )
 
 audit = Table(

@@ -1,0 +1,326 @@
+"""What a committee or an operator can do, once: the JSON API and the web inbox both call these.
+
+Each action checks who may see the referral (another municipality's answers `not_found`, so existence is
+not revealed), makes its change with the change's audit row in one transaction, and hands the pipeline
+what follows (a mail to send, an urgent alert). A read is audited before it is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import Connection, select
+
+from postkasse.clock import Clock
+from postkasse.committee import audit, correspondence, referrals, triage, views
+from postkasse.committee.stats import Statistics, statistics
+from postkasse.committee.tokens import Principal
+from postkasse.deadlines.rules import RuleBook
+from postkasse.pipeline import Next, Pipeline
+from postkasse.reference import reference
+from postkasse.routing.municipalities import Municipalities
+from postkasse.store import Store
+from postkasse.store.schema import messages
+from postkasse.store.schema import referrals as referrals_table
+
+T = TypeVar("T")
+
+QueueState = Literal["new", "pulled", "handled"]
+ReturnReason = Literal[
+    "missing_information", "ppr_not_involved", "not_target_group", "wrong_municipality", "other"
+]
+
+
+class Refused(Exception):
+    """An action that cannot be done as asked: a stable code, a sentence, and the HTTP status it maps to."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+NOT_FOUND = Refused(404, "not_found", "No such referral.")
+OPS_ONLY = Refused(403, "forbidden", "Only operations may do this.")
+
+
+class Decision(BaseModel):
+    outcome: Literal["forwarded", "returned", "joint_pathway", "closed"]
+    unit: str | None = Field(None, max_length=200, description="the unit forwarded to; needed for forwarded")
+    reason: str | None = Field(None, max_length=2000, description="why it is returned; needed for returned")
+    reason_code: ReturnReason | None = Field(
+        None, description="returned: the reason as counted in the statistics; `other` when not given"
+    )
+    note: str | None = Field(None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _detail(self) -> Decision:
+        if self.outcome == "forwarded" and not (self.unit and self.unit.strip()):
+            raise ValueError("unit: forwarding names the unit that takes the case")
+        if self.outcome == "returned" and not (self.reason and self.reason.strip()):
+            raise ValueError("reason: returning a referral (tilbagevisning) needs the reason")
+        return self
+
+
+class DeadlineException(BaseModel):
+    reason: Literal["authority_case", "medical_reason"] = Field(
+        ..., description="authority_case: sag af myndighedskarakter; medical_reason: lægefagligt hensyn"
+    )
+    note: str = Field(..., min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _note(self) -> DeadlineException:
+        if not self.note.strip():
+            raise ValueError("note: an exception needs a note saying why")
+        return self
+
+
+class MessageToSender(BaseModel):
+    text: str = Field(..., min_length=1, max_length=20000)
+
+    @model_validator(mode="after")
+    def _text(self) -> MessageToSender:
+        if not self.text.strip():
+            raise ValueError("text: the message is empty")
+        return self
+
+
+class InternalNote(BaseModel):
+    text: str = Field(..., min_length=1, max_length=20000)
+
+    @model_validator(mode="after")
+    def _text(self) -> InternalNote:
+        if not self.text.strip():
+            raise ValueError("text: the note is empty")
+        return self
+
+
+class Assignment(BaseModel):
+    municipality: str = Field(..., pattern=r"^\d{4}$")
+    note: str = Field(..., min_length=1, max_length=2000)
+
+
+@dataclass
+class Actions:
+    store: Store
+    clock: Clock
+    municipalities: Municipalities
+    pipeline: Pipeline
+    dispatch: Callable[[Sequence[Next]], None]
+    from_address: str
+    audit_log: audit.AuditLog
+    rules: RuleBook
+    medcom: correspondence.MedcomWriter | None = None
+
+    def _visible(self, conn: Connection, who: Principal, referral_id: int) -> Any:
+        row = conn.execute(
+            select(referrals_table.c.id, referrals_table.c.municipality, referrals_table.c.state).where(
+                referrals_table.c.id == referral_id
+            )
+        ).one_or_none()
+        if row is None or not who.sees(row.municipality):
+            raise NOT_FOUND
+        return row
+
+    def committee_name(self, code: str | None) -> str:
+        municipality = self.municipalities.get(code or "")
+        return (
+            f"{municipality.name}s koordinationsudvalg" if municipality else "kommunens koordinationsudvalg"
+        )
+
+    def queue(
+        self, who: Principal, code: str, state: QueueState, cursor: int = 0, limit: int = 50
+    ) -> list[Any]:
+        """The municipality's queue in one state, oldest first, a page at a time after `cursor`."""
+        if not who.sees(code):
+            raise Refused(404, "not_found", "No such queue.")
+        with self.store.read() as conn:
+            rows = conn.execute(
+                select(*views.SUMMARY_COLUMNS)
+                .where(
+                    referrals_table.c.municipality == code,
+                    referrals_table.c.state == state,
+                    referrals_table.c.id > cursor,
+                )
+                .order_by(referrals_table.c.id)
+                .limit(limit)
+            ).all()
+        self.audit_log.record(
+            who.name, "list", None, self.clock.now(), municipality=code, state=state, count=len(rows)
+        )
+        return list(rows)
+
+    def read(self, who: Principal, referral_id: int, via: str = "api") -> dict[str, Any]:
+        """The whole referral; the read is audited before it is shown, and the sender's replies are read."""
+        with self.store.read() as conn:
+            self._visible(conn, who, referral_id)
+            found = views.detail(conn, referral_id)
+        assert found is not None
+        self.audit_log.record(
+            who.name, "read", referral_id, self.clock.now(), **({"via": via} if via != "api" else {})
+        )
+        if found["unread_reply"]:
+            with self.store.write() as conn:
+                referrals.mark_replies_read(conn, referral_id)
+        return found
+
+    def raw(self, who: Principal, referral_id: int, action: str = "read_raw") -> bytes:
+        """The message exactly as it was received."""
+        with self.store.read() as conn:
+            self._visible(conn, who, referral_id)
+            raw: bytes = conn.execute(
+                select(messages.c.raw)
+                .join(referrals_table, referrals_table.c.message_id == messages.c.id)
+                .where(referrals_table.c.id == referral_id)
+            ).scalar_one()
+        self.audit_log.record(who.name, action, referral_id, self.clock.now())
+        return raw
+
+    def pull(self, who: Principal, referral_id: int) -> dict[str, Any]:
+        """The committee has taken the referral out of the mailbox: `new` -> `pulled`, and who took it."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            self._visible(conn, who, referral_id)
+            _change(lambda: referrals.pull(conn, referral_id, now, who.name))
+            audit.record(conn, who.name, "pull", referral_id, now)
+            found = views.detail(conn, referral_id)
+        assert found is not None
+        return found
+
+    def decide(self, who: Principal, referral_id: int, decision: Decision) -> dict[str, Any]:
+        """Forwarded to a unit, returned with a reason (the sender is told), a joint pathway, or closed."""
+        now = self.clock.now()
+        detail = decision.unit if decision.outcome == "forwarded" else decision.reason
+        work: list[Next] = []
+        with self.store.write() as conn:
+            row = self._visible(conn, who, referral_id)
+            _change(
+                lambda: referrals.decide(
+                    conn,
+                    referral_id,
+                    decision.outcome,
+                    detail,
+                    decision.note,
+                    now,
+                    who.name,
+                    decision.reason_code,
+                )
+            )
+            audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
+            if decision.outcome == "returned" and decision.reason:
+                committee = self.committee_name(row.municipality)
+                text = correspondence.returned_text(reference(referral_id), committee, decision.reason)
+                try:
+                    follow = correspondence.write_to_sender(
+                        conn, referral_id, text, who.name, self.from_address, now, committee, self.medcom
+                    )
+                    work = self.pipeline.add(conn, follow, now)
+                except correspondence.SenderUnreachable:
+                    audit.record(conn, who.name, "return_not_sent", referral_id, now, why="no return address")
+            found = views.detail(conn, referral_id)
+        self.dispatch(work)
+        assert found is not None
+        return found
+
+    def record_exception(self, who: Principal, referral_id: int, body: DeadlineException) -> dict[str, Any]:
+        """Stop the handling clock: an authority case or a medical reason, with a note."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            self._visible(conn, who, referral_id)
+            _change(
+                lambda: referrals.record_exception(conn, referral_id, body.reason, body.note, now, who.name)
+            )
+            audit.record(conn, who.name, "exception", referral_id, now, reason=body.reason)
+            found = views.detail(conn, referral_id)
+        assert found is not None
+        return found
+
+    def write_to_sender(self, who: Principal, referral_id: int, body: MessageToSender) -> str:
+        """A message to the sender by mail or MedCom, with the referral's reference; returns the reference."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            row = self._visible(conn, who, referral_id)
+            try:
+                follow = correspondence.write_to_sender(
+                    conn,
+                    referral_id,
+                    body.text,
+                    who.name,
+                    self.from_address,
+                    now,
+                    self.committee_name(row.municipality),
+                    self.medcom,
+                )
+            except correspondence.SenderUnreachable as exc:
+                raise Refused(409, "sender_unreachable", str(exc)) from None
+            audit.record(conn, who.name, "message_sender", referral_id, now)
+            work = self.pipeline.add(conn, follow, now)
+        self.dispatch(work)
+        return reference(referral_id)
+
+    def note(self, who: Principal, referral_id: int, body: InternalNote) -> dict[str, Any]:
+        """A note for colleagues: stored as an event of the referral, never sent to anyone."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            self._visible(conn, who, referral_id)
+            referrals.note(conn, referral_id, body.text, now, who.name)
+            audit.record(conn, who.name, "note", referral_id, now)
+            found = views.detail(conn, referral_id)
+        assert found is not None
+        return found
+
+    def triage(self, who: Principal) -> dict[str, Any]:
+        """What could not be routed, and mail that could not be sent: reasons, never contents."""
+        _ops(who)
+        with self.store.read() as conn:
+            waiting = [t.as_json() for t in triage.waiting(conn)]
+            failed = correspondence.failed_mail(conn)
+        return {"referrals": waiting, "failed_mail": failed}
+
+    def assign(self, who: Principal, referral_id: int, body: Assignment) -> None:
+        """Send a triaged referral to a municipality's queue, with a note saying why."""
+        _ops(who)
+        if self.municipalities.get(body.municipality) is None:
+            raise Refused(422, "invalid_request", "municipality: no municipality has that code.")
+        now = self.clock.now()
+        with self.store.write() as conn:
+            follow = _change(
+                lambda: triage.assign(
+                    conn, referral_id, body.municipality, body.note, now, who.name, self.rules
+                )
+            )
+            audit.record(conn, who.name, "assign", referral_id, now, municipality=body.municipality)
+            work = self.pipeline.add(conn, follow, now)
+        self.dispatch(work)
+
+    def stats(self, who: Principal, start: date, end: date) -> Statistics:
+        """The pilot's numbers per municipality and sender kind: counts only, no personal data."""
+        _ops(who)
+        if start > end:
+            raise Refused(422, "invalid_request", "from: the first day of the period comes after `to`.")
+        try:
+            with self.store.read() as conn:
+                found = statistics(conn, start, end, self.municipalities)
+        except ValueError as exc:
+            raise Refused(422, "invalid_request", f"{exc}.") from None
+        self.audit_log.record(
+            who.name, "stats", None, self.clock.now(), **{"from": start.isoformat(), "to": end.isoformat()}
+        )
+        return found
+
+
+def _ops(who: Principal) -> None:
+    if who.scope != "ops":
+        raise OPS_ONLY
+
+
+def _change(change: Callable[[], T]) -> T:
+    try:
+        return change()
+    except LookupError:
+        raise NOT_FOUND from None
+    except referrals.TransitionError as exc:
+        raise Refused(409, "invalid_state", str(exc)) from None
