@@ -1,5 +1,5 @@
 """The `postkasse` command: serve, worker, migrate, check-config, refdata, route, triage, deadlines, stats,
-token, queue."""
+token, user, queue."""
 
 from __future__ import annotations
 
@@ -307,6 +307,74 @@ def cmd_token_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.clock import SystemClock
+    from postkasse.committee import users
+    from postkasse.routing.municipalities import Municipalities
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    role = "ops" if args.ops else "committee"
+    if (
+        role == "committee"
+        and Municipalities.load(settings.routing.municipalities_file).get(args.municipality) is None
+    ):
+        print(f"postkasse user add: {args.municipality} is not a municipality code", file=sys.stderr)
+        return 2
+    store = Store(settings.database.url)
+    upgrade(store)
+    try:
+        with store.write() as conn:
+            password = users.add(conn, args.name, role, args.municipality, SystemClock().now())
+    except users.UserError as exc:
+        print(f"postkasse user add: {exc}", file=sys.stderr)
+        return 1
+    where = f" for municipality {args.municipality}" if args.municipality else " (operations)"
+    print(f"user {args.name!r}{where}; the password is shown this once:")
+    print(password)
+    return 0
+
+
+def cmd_user_password(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.committee import users
+    from postkasse.store import Store
+
+    try:
+        with Store(settings.database.url).write() as conn:
+            password = users.set_password(conn, args.name)
+    except users.UserError as exc:
+        print(f"postkasse user password: {exc}", file=sys.stderr)
+        return 1
+    print(f"a new password for {args.name!r}; the old one no longer works. Shown this once:")
+    print(password)
+    return 0
+
+
+def cmd_user_disable(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.clock import SystemClock
+    from postkasse.committee import users
+    from postkasse.store import Store
+
+    try:
+        with Store(settings.database.url).write() as conn:
+            users.disable(conn, args.name, SystemClock().now())
+    except users.UserError as exc:
+        print(f"postkasse user disable: {exc}", file=sys.stderr)
+        return 1
+    print(f"user {args.name!r} disabled; their sessions have ended")
+    return 0
+
+
+def cmd_user_list(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse.committee import users
+    from postkasse.store import Store
+
+    with Store(settings.database.url).read() as conn:
+        for name, role, municipality, active in users.listing(conn):
+            print(f"{name:<24} {role:<10} {municipality or '-':<5} {'active' if active else 'disabled'}")
+    return 0
+
+
 def cmd_queue_pull(settings: Settings, args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
@@ -417,6 +485,21 @@ def parser() -> argparse.ArgumentParser:
     revoke = token.add_parser("revoke", help="end a token")
     revoke.add_argument("name")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    user = sub.add_parser("user", help="web inbox users").add_subparsers(dest="action", required=True)
+    adding = user.add_parser("add", help="a local user; the password is printed once, alone on the last line")
+    adding.add_argument("name")
+    role = adding.add_mutually_exclusive_group(required=True)
+    role.add_argument("--municipality", metavar="CODE", help="a committee member of this municipality")
+    role.add_argument("--ops", action="store_true", help="operations: triage, failed mail, counts")
+    adding.set_defaults(func=cmd_user_add)
+    password = user.add_parser("password", help="give a user a new generated password, printed once")
+    password.add_argument("name")
+    password.set_defaults(func=cmd_user_password)
+    disabling = user.add_parser("disable", help="stop a user logging in and end their sessions")
+    disabling.add_argument("name")
+    disabling.set_defaults(func=cmd_user_disable)
+    user.add_parser("list", help="every user and whether they are active").set_defaults(func=cmd_user_list)
 
     queue = sub.add_parser("queue", help="a committee's queue").add_subparsers(dest="action", required=True)
     pull = queue.add_parser(

@@ -103,6 +103,42 @@ class HttpSettings(_Section):
     port: int = Field(8025, ge=0, le=65535)
 
 
+class OidcSettings(_Section):
+    """Log in through the organisation's OpenID Connect provider (authorization code flow)."""
+
+    issuer: str = Field(..., description="the provider's issuer URL; its discovery document is read from it")
+    client_id: str
+    client_secret_env: str = Field(
+        "POSTKASSE_OIDC_SECRET", description="the environment variable that holds the client secret"
+    )
+    scope: str = "openid profile"
+    username_claim: str = Field("preferred_username", description="the claim that names the user")
+    municipality_claim: str = Field(
+        "municipality", description="the claim with the 4-digit municipality code"
+    )
+    role_claim: str = Field("role", description="the claim with the role: committee or ops")
+    ops_role: str = Field("ops", description="the role claim's value that makes an operations user")
+    button: str = Field("Log ind med organisationens login", description="the login page's button text")
+
+    def client_secret(self) -> str:
+        """Read when needed, so the secret is never part of the printed configuration."""
+        return os.environ.get(self.client_secret_env, "")
+
+
+class WebSettings(_Section):
+    """The committees' web inbox on the HTTP port."""
+
+    idle_timeout_minutes: float = Field(30.0, gt=0, description="a session unused this long ends")
+    absolute_timeout_hours: float = Field(8.0, gt=0, description="a session ends this long after login")
+    secure_cookies: Literal["auto", "always"] = Field(
+        "auto", description="auto: Secure when the request came over https (or a proxy said so)"
+    )
+    max_failed_logins_per_account: int = Field(5, ge=1, description="within failed_login_window_minutes")
+    max_failed_logins_per_address: int = Field(20, ge=1, description="within failed_login_window_minutes")
+    failed_login_window_minutes: float = Field(15.0, gt=0)
+    oidc: OidcSettings | None = None
+
+
 class OutboxSettings(_Section):
     """How the database outbox re-sends work the broker may have lost."""
 
@@ -339,6 +375,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)

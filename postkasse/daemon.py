@@ -19,6 +19,7 @@ from postkasse.committee.audit import AuditLog
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import Settings
 from postkasse.gauges import StoreGauges
+from postkasse.inbox import Inbox
 from postkasse.mailbox.committer import GroupCommitter
 from postkasse.mailbox.imap import ImapChannel
 from postkasse.mailbox.limits import Tally, count_accept_errors, fitting_session_limit, raise_fd_limit
@@ -117,7 +118,7 @@ class Daemon:
         gauges = StoreGauges(self.store, self.clock, rules, municipalities)
         http = _Uvicorn(
             uvicorn.Config(
-                create_app(self.store, api, gauges, imap.status),
+                create_app(self.store, api, gauges, imap.status, Inbox(api.actions, self.settings.web)),
                 host=self.settings.http.host,
                 port=self.settings.http.port,
                 log_config=None,

@@ -1,4 +1,4 @@
-"""The HTTP surface: the committee API, and health, readiness and metrics for operations."""
+"""The HTTP surface: the committee API, the web inbox, and health, readiness and metrics for operations."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from prometheus_client.registry import Collector
 
 from postkasse import __version__
 from postkasse.committee.api import Api, install
+from postkasse.inbox import Inbox
+from postkasse.inbox import install as install_inbox
 from postkasse.store import Store
 
 
@@ -20,6 +22,7 @@ def create_app(
     api: Api | None = None,
     gauges: Collector | None = None,
     imap_status: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    inbox: Inbox | None = None,
 ) -> FastAPI:
     """`gauges` are read at scrape time from a registry of this app's own, beside the process counters.
 
@@ -33,6 +36,8 @@ def create_app(
     )
     if api is not None:
         install(app, api)
+    if inbox is not None:
+        install_inbox(app, inbox)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

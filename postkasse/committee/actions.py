@@ -29,6 +29,7 @@ from postkasse.store.schema import referrals as referrals_table
 
 T = TypeVar("T")
 
+MAX_ID = 2**63 - 1  # the store's ids are 64-bit; anything larger names nothing
 QueueState = Literal["new", "pulled", "handled"]
 ReturnReason = Literal[
     "missing_information", "ppr_not_involved", "not_target_group", "wrong_municipality", "other"

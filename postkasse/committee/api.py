@@ -23,6 +23,7 @@ from postkasse import errors, kinds, logs
 from postkasse.clock import Clock
 from postkasse.committee import views
 from postkasse.committee.actions import (
+    MAX_ID,
     OPS_ONLY,
     Actions,
     Assignment,
@@ -48,7 +49,6 @@ PAGE = 50
 log = logs.get(__name__)
 SUBMISSION_TYPES = frozenset({"application/xml", "text/xml", "application/fhir+xml", "application/fhir+json"})
 RETRY_AFTER_SECONDS = 5  # a busy store (SQLite's write lock) is free again within seconds
-MAX_ID = 2**63 - 1  # the store's ids are 64-bit; anything larger names nothing
 
 ReferralId = Annotated[int, Path(ge=1, le=MAX_ID, description="the referral's id")]
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="the id the API gave it")]

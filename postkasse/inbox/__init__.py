@@ -1,0 +1,23 @@
+"""The committees' web inbox: server-rendered pages over the same actions as the JSON API.
+
+Plain forms do every action without JavaScript; the vendored htmx only makes them smoother. Pages know
+no rule of their own: they translate a form into one call of `committee.actions` and its answer into HTML.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from postkasse.inbox import guard, login, pages
+from postkasse.inbox.context import STATIC, Inbox
+
+__all__ = ["Inbox", "install"]
+
+
+def install(app: FastAPI, inbox: Inbox) -> None:
+    app.state.inbox = inbox
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(login.router)
+    app.include_router(pages.router)
+    guard.install(app)
