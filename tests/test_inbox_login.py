@@ -15,6 +15,7 @@ from postkasse.committee import users
 from postkasse.config import WebSettings
 from postkasse.store import Store
 from postkasse.store.schema import audit
+from postkasse.store.schema import users as users_table
 from tests.inbox_world import Browser, Site, site
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -50,7 +51,7 @@ def test_a_user_added_on_the_command_line_logs_in_with_the_printed_password(
     password = lines[-1]
     assert len(password) >= 16 and " " not in password
     with store.read() as conn:
-        stored = conn.execute(select(users.users.c.password_hash)).scalar_one()
+        stored = conn.execute(select(users_table.c.password_hash)).scalar_one()
     assert stored.startswith("$argon2id$") and password not in stored
 
     browser = web.browser()
