@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from postkasse.store import Store
 from postkasse.store.migrate import upgrade
+from tests.browser import _chromium, browser, browser_context, page  # noqa: F401 (fixtures)
 from tests.servers import Daemon
 
 PG_ADMIN_URL = os.environ.get("POSTKASSE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the real servers the test suite talks to are running on loopback:
 # PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; and that dovecot is installed (not running).
+# Also installs what the web inbox tests drive: Debian's chromium (run headless by Playwright, whose own
+# browser downloads are unreachable) and Node.js with npm (the test OpenID provider, tests/oidc).
 # Started where installed but stopped; installed with apt-get where missing (needs root).
 set -euo pipefail
 
@@ -64,4 +66,12 @@ if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then
         systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
     fi
 fi
-log "PostgreSQL and Redis are up; dovecot is installed for the IMAP tests"
+# Chromium: the browser tests (tests/browser.py) launch /usr/bin/chromium headless; never `playwright install`.
+if [ ! -x /usr/bin/chromium ]; then
+    log "installing chromium"; apt_install chromium
+fi
+# Node.js and npm: the OpenID Connect tests run a real provider (tests/oidc/provider.js, oidc-provider).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs and npm"; apt_install nodejs npm
+fi
+log "PostgreSQL and Redis are up; dovecot, chromium and node are installed for the IMAP, browser and OIDC tests"
