@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, model_validator
@@ -19,7 +19,9 @@ from postkasse.clock import Clock
 from postkasse.committee import audit, correspondence, referrals, triage, views
 from postkasse.committee.stats import Statistics, statistics
 from postkasse.committee.tokens import Principal
+from postkasse.deadlines import assess
 from postkasse.deadlines.rules import RuleBook
+from postkasse.mailbox import content
 from postkasse.pipeline import Next, Pipeline
 from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
@@ -34,6 +36,10 @@ QueueState = Literal["new", "pulled", "handled"]
 ReturnReason = Literal[
     "missing_information", "ppr_not_involved", "not_target_group", "wrong_municipality", "other"
 ]
+
+
+PAGE_SIZE = 50
+DUE_AHEAD = timedelta(days=7)
 
 
 class Refused(Exception):
@@ -104,6 +110,48 @@ class Assignment(BaseModel):
     note: str = Field(..., min_length=1, max_length=2000)
 
 
+@dataclass(frozen=True)
+class QueuePage:
+    """A page of a municipality's queue for people: urgent and overdue first, and how today's emptying
+    stands."""
+
+    code: str
+    state: QueueState
+    lines: list[views.QueueLine]
+    total: int
+    page: int
+    pages: int
+    flag: str | None
+    emptying: assess.Emptying
+
+
+@dataclass(frozen=True)
+class Due:
+    """What a committee must see to: past a warning or a breach, and what falls due in the coming week."""
+
+    code: str
+    at: Any
+    emptying: assess.Emptying
+    late: list[assess.Finding]
+    upcoming: list[assess.Finding]
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Every participating municipality's queue at a glance, for operations: counts and times only."""
+
+    assessment: assess.Assessment
+    triage: int
+    failed_mail: int
+
+
 @dataclass
 class Actions:
     store: Store
@@ -153,6 +201,63 @@ class Actions:
             who.name, "list", None, self.clock.now(), municipality=code, state=state, count=len(rows)
         )
         return list(rows)
+
+    def queue_page(
+        self, who: Principal, code: str, state: QueueState, page: int = 1, flag: str | None = None
+    ) -> QueuePage:
+        """The queue as the web inbox shows it: one page, sorted for the person who must act."""
+        if not who.sees(code):
+            raise Refused(404, "not_found", "No such queue.")
+        flag = flag if flag in views.FLAGS else None
+        now = self.clock.now()
+        with self.store.read() as conn:
+            rows, total = views.queue_lines(
+                conn, code, state, now, flag, (max(page, 1) - 1) * PAGE_SIZE, PAGE_SIZE
+            )
+            emptying = assess.emptying(conn, code, now, self.rules)
+        self.audit_log.record(
+            who.name, "list", None, now, municipality=code, state=state, count=len(rows), via="web"
+        )
+        own = self.rules.for_municipality(code)
+        return QueuePage(
+            code,
+            state,
+            [views.queue_line(row, now, own) for row in rows],
+            total,
+            max(page, 1),
+            max(1, -(-total // PAGE_SIZE)),
+            flag,
+            emptying,
+        )
+
+    def due(self, who: Principal, code: str) -> Due:
+        """The municipality's late referrals (as `deadlines report` finds them) and the week ahead."""
+        if not who.sees(code):
+            raise Refused(404, "not_found", "No such queue.")
+        now = self.clock.now()
+        with self.store.read() as conn:
+            found = assess.assess(conn, now, self.rules, [code])
+            coming = assess.upcoming(conn, code, now, now + DUE_AHEAD)
+        self.audit_log.record(who.name, "list", None, now, municipality=code, view="due", via="web")
+        late = [f for f in found.findings if f.municipality == code]
+        return Due(code, now, found.municipalities[code], late, coming)
+
+    def overview(self, who: Principal) -> Overview:
+        """Operations' view of all queues: emptying state, waiting, oldest; triage and failed mail counts."""
+        _ops(who)
+        codes = [m.code for m in self.municipalities.by_code.values() if m.participating]
+        with self.store.read() as conn:
+            found = assess.assess(conn, self.clock.now(), self.rules, codes)
+            waiting = len(triage.waiting(conn))
+            failed = len(correspondence.failed_mail(conn))
+        return Overview(found, waiting, failed)
+
+    def attachment(self, who: Principal, referral_id: int, number: int) -> Attachment:
+        """One attachment of the message, under a name safe to save; the read is audited."""
+        found = content.read(self.raw(who, referral_id, action="read_attachment")).attachment(number)
+        if found is None:
+            raise Refused(404, "not_found", "No such attachment.")
+        return Attachment(*found)
 
     def read(self, who: Principal, referral_id: int, via: str = "api") -> dict[str, Any]:
         """The whole referral; the read is audited before it is shown, and the sender's replies are read."""

@@ -37,7 +37,7 @@ class Finding:
     referral_id: int
     municipality: str | None  # None while in triage: operations' concern
     deadline: str  # emptying | handling
-    level: str  # warning | breach
+    level: str  # warning | breach (ok: not yet warned, from `upcoming`)
     due: datetime
 
     def as_json(self) -> dict[str, Any]:
@@ -96,12 +96,44 @@ def assess(conn: Connection, now: datetime, rules: RuleBook, codes: Iterable[str
         .where(referrals.c.state == "new")
         .group_by(referrals.c.municipality)
     ):
-        own = rules.for_municipality(code)
-        due = oldest + own.emptying_breach
-        municipalities[code] = Emptying(
-            level(now, oldest + own.emptying_warning, due) or "ok", waiting, oldest, due
-        )
+        municipalities[code] = _emptying(now, rules, code, waiting, oldest)
     return Assessment(now, municipalities, found)
+
+
+def emptying(conn: Connection, code: str, now: datetime, rules: RuleBook) -> Emptying:
+    """One municipality's queue today, as `assess` sees it, for the page its committee works in."""
+    waiting, oldest = conn.execute(
+        select(func.count(), func.min(referrals.c.queued_at)).where(
+            referrals.c.municipality == code, referrals.c.state == "new"
+        )
+    ).one()
+    return _emptying(now, rules, code, waiting, oldest)
+
+
+def _emptying(now: datetime, rules: RuleBook, code: str, waiting: int, oldest: datetime | None) -> Emptying:
+    if not waiting or oldest is None:
+        return Emptying("ok", 0, None, None)
+    own = rules.for_municipality(code)
+    due = oldest + own.emptying_breach
+    return Emptying(level(now, oldest + own.emptying_warning, due) or "ok", waiting, oldest, due)
+
+
+def upcoming(conn: Connection, code: str, now: datetime, until: datetime) -> list[Finding]:
+    """The municipality's open referrals whose handling falls due by `until` and are not yet warned of."""
+    return [
+        Finding(row.id, code, "handling", "ok", row.due_at)
+        for row in conn.execute(
+            select(referrals.c.id, referrals.c.due_at)
+            .where(
+                referrals.c.municipality == code,
+                referrals.c.state.in_(OPEN_STATES),
+                referrals.c.exception.is_(None),
+                referrals.c.warn_at > now,
+                referrals.c.due_at <= until,
+            )
+            .order_by(referrals.c.due_at, referrals.c.id)
+        )
+    ]
 
 
 def findings(conn: Connection, now: datetime, rules: RuleBook) -> list[Finding]:

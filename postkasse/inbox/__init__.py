@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from postkasse.inbox import guard, login, pages
+from postkasse.inbox import guard, login, ops, pages
 from postkasse.inbox.context import STATIC, Inbox
 
 __all__ = ["Inbox", "install"]
@@ -20,4 +20,5 @@ def install(app: FastAPI, inbox: Inbox) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(login.router)
     app.include_router(pages.router)
+    app.include_router(ops.router)
     guard.install(app)

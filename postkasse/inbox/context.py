@@ -15,6 +15,7 @@ from postkasse.clock import COPENHAGEN, Clock
 from postkasse.committee.actions import Actions
 from postkasse.config import WebSettings
 from postkasse.deadlines.rules import RuleBook
+from postkasse.inbox.words import TEMPLATE_GLOBALS
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Store
 
@@ -25,17 +26,24 @@ TEMPLATES = HERE / "templates"
 MONTHS = ("jan.", "feb.", "mar.", "apr.", "maj", "jun.", "jul.", "aug.", "sep.", "okt.", "nov.", "dec.")
 
 
-def danish_time(moment: datetime | None) -> str:
+def _moment(moment: datetime | str | None) -> datetime | None:
+    """A time from the store, or as the API's views write it (ISO 8601)."""
+    return datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+
+
+def danish_time(moment: datetime | str | None) -> str:
     """'3. dec. 2026 kl. 14.05', Copenhagen time, as Danish readers expect it."""
-    if moment is None:
+    found = _moment(moment)
+    if found is None:
         return ""
-    local = moment.astimezone(COPENHAGEN)
+    local = found.astimezone(COPENHAGEN)
     return f"{local.day}. {MONTHS[local.month - 1]} {local.year} kl. {local:%H.%M}"
 
 
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES)
     templates.env.filters["danish_time"] = danish_time
+    templates.env.globals.update(TEMPLATE_GLOBALS)
     templates.env.globals["htmx"] = next((p.name for p in sorted(STATIC.glob("htmx-*.min.js"))), None)
     return templates
 

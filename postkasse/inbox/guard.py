@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from postkasse.committee import sessions
 from postkasse.committee.actions import Refused
 from postkasse.committee.sessions import Session
+from postkasse.inbox import words
 from postkasse.inbox.context import of
 
 COOKIE = "pk_session"
@@ -190,7 +191,10 @@ TITLES = {
 
 
 async def _refused_page(request: Request, exc: Refused) -> Response:
-    text = "Henvendelsen findes ikke, eller du har ikke adgang til den." if exc.status == 404 else exc.detail
+    if exc.status == 404:
+        text = "Henvendelsen findes ikke, eller du har ikke adgang til den."
+    else:
+        text = words.REFUSALS.get(exc.code, exc.detail)
     return of(request).page(
         request, "error.html", status=exc.status, title=TITLES.get(exc.status, "Fejl"), text=text
     )

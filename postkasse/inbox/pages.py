@@ -1,13 +1,16 @@
-"""The committee's pages: the queue, a referral with its actions, and what falls due."""
+"""The committee's pages: the queue, a referral with its actions and attachments, and what falls due."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import RedirectResponse, Response
 
+from postkasse.committee import views
 from postkasse.committee.actions import (
     MAX_ID,
     DeadlineException,
@@ -17,13 +20,18 @@ from postkasse.committee.actions import (
     Refused,
 )
 from postkasse.committee.sessions import Session
-from postkasse.inbox import guard
+from postkasse.inbox import guard, words
 from postkasse.inbox.context import of
 
 router = APIRouter(include_in_schema=False)
 
 ReferralId = Annotated[int, Path(ge=1, le=MAX_ID)]
 TABS = {"new": "Nye", "pulled": "Taget", "handled": "Behandlet"}
+# Shown in the browser: the browser's own viewers, never a type that can carry script (no SVG, no HTML).
+VIEWABLE = ("application/pdf", "image/png", "image/jpeg", "image/gif", "image/webp")
+# An attachment shown inline runs nothing and reaches nothing: a sandbox with no origin.
+SANDBOX = "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'"
+PDF_POLICY = "default-src 'none'; object-src 'self'; frame-ancestors 'none'"
 
 
 def committee(session: Session) -> str:
@@ -33,13 +41,44 @@ def committee(session: Session) -> str:
     return session.user.municipality
 
 
+def done(request: Request) -> str | None:
+    """The sentence for `?ok=KEY` after a successful action; an unknown key shows nothing."""
+    return words.DONE.get(request.query_params.get("ok", ""))
+
+
 @router.get("/indbakke")
-def queue(request: Request, session: guard.Who, fane: str = "new") -> Response:
+def queue(
+    request: Request,
+    session: guard.Who,
+    fane: str = "new",
+    side: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    markering: str = "",
+) -> Response:
     inbox = of(request)
     code = committee(session)
     state = fane if fane in TABS else "new"
-    rows = inbox.actions.queue(session.user.principal(), code, state)  # type: ignore[arg-type]
-    return inbox.page(request, "queue.html", rows=rows, tab=state, tabs=TABS)
+    found = inbox.actions.queue_page(
+        session.user.principal(),
+        code,
+        state,  # type: ignore[arg-type]
+        side,
+        markering or None,
+    )
+    municipality = inbox.municipalities.get(code)
+    return inbox.page(
+        request,
+        "queue.html",
+        queue=found,
+        tabs=TABS,
+        municipality=municipality.name if municipality else code,
+    )
+
+
+@router.get("/frister")
+def due(request: Request, session: guard.Who) -> Response:
+    inbox = of(request)
+    found = inbox.actions.due(session.user.principal(), committee(session))
+    return inbox.page(request, "due.html", due=found)
 
 
 @router.get("/henvendelser/{referral_id}")
@@ -47,7 +86,49 @@ def referral(request: Request, session: guard.Who, referral_id: ReferralId) -> R
     inbox = of(request)
     committee(session)
     found = inbox.actions.read(session.user.principal(), referral_id, via="web")
-    return inbox.page(request, "referral.html", referral=found, errors={})
+    return _referral_page(request, found, done=done(request))
+
+
+def _referral_page(request: Request, found: dict[str, Any], status: int = 200, **context: Any) -> Response:
+    inbox = of(request)
+    own = inbox.rules.for_municipality(found["municipality"])
+    context.setdefault("errors", {})
+    context.setdefault("failed", "")
+    return inbox.page(
+        request,
+        "referral.html",
+        status=status,
+        referral=found,
+        badges=views.detail_badges(found, inbox.clock.now(), own),
+        viewable=VIEWABLE,
+        **context,
+    )
+
+
+@router.get("/henvendelser/{referral_id}/bilag/{number}")
+def attachment(
+    request: Request,
+    session: guard.Who,
+    referral_id: ReferralId,
+    number: Annotated[int, Path(ge=1, le=10_000)],
+    vis: bool = False,
+) -> Response:
+    """Download under a safe name; PDFs and images may instead be shown by the browser, sandboxed."""
+    committee(session)
+    found = of(request).actions.attachment(session.user.principal(), referral_id, number)
+    inline = vis and found.content_type in VIEWABLE
+    headers = {
+        "Content-Disposition": disposition("inline" if inline else "attachment", found.filename),
+        "Content-Security-Policy": PDF_POLICY if found.content_type == "application/pdf" else SANDBOX,
+    }
+    media_type = found.content_type if inline else "application/octet-stream"
+    return Response(found.data, media_type=media_type, headers=headers)
+
+
+def disposition(kind: str, filename: str) -> str:
+    """The name as RFC 6266 wants it: an ASCII stand-in, and the real name percent-encoded beside it."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\;' else "_" for c in filename)
+    return f"{kind}; filename=\"{fallback}\"; filename*=utf-8''{quote(filename, safe='')}"
 
 
 def _form(model: type[BaseModel], form: dict[str, str]) -> Any:
@@ -55,26 +136,39 @@ def _form(model: type[BaseModel], form: dict[str, str]) -> Any:
     return model.model_validate({key: value for key, value in form.items() if value.strip()})
 
 
-def _act(request: Request, session: Session, referral_id: int, act: Any) -> Response:
-    """Do the action; on a rule broken show the referral again with the field's message, else go back."""
-    inbox = of(request)
+def _act(request: Request, session: Session, referral_id: int, name: str, act: Callable[[], Any]) -> Response:
+    """Do the action and go back to the referral saying so; a broken rule shows the form's message."""
     try:
         act()
     except ValidationError as exc:
-        errors = {
-            str(e["loc"][0]) if e["loc"] else "form": str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors()
-        }
-        found = inbox.actions.read(session.user.principal(), referral_id, via="web")
-        return inbox.page(request, "referral.html", status=422, referral=found, errors=errors)
-    return RedirectResponse(f"/henvendelser/{referral_id}", status_code=303)
+        errors = {str(e["loc"][0]) if e["loc"] else "form": _sentence(e) for e in exc.errors()}
+        return _again(request, session, referral_id, name, errors)
+    except Refused as exc:
+        if exc.status not in (409, 422):
+            raise
+        return _again(request, session, referral_id, name, {"form": words.REFUSALS.get(exc.code, exc.detail)})
+    return RedirectResponse(f"/henvendelser/{referral_id}?ok={name}", status_code=303)
+
+
+def _sentence(error: Any) -> str:
+    """A form's error in Danish where the rule is a plain one; the model's own sentence otherwise."""
+    plain = {"missing": "Feltet skal udfyldes.", "string_too_long": "Teksten er for lang."}
+    return plain.get(error["type"]) or str(error["msg"]).removeprefix("Value error, ")
+
+
+def _again(
+    request: Request, session: Session, referral_id: int, name: str, errors: dict[str, str]
+) -> Response:
+    found = of(request).actions.read(session.user.principal(), referral_id, via="web")
+    return _referral_page(request, found, status=422, errors=errors, failed=name, done=None)
 
 
 @router.post("/henvendelser/{referral_id}/tag")
 def take(request: Request, session: guard.Who, form: guard.Form, referral_id: ReferralId) -> Response:
     committee(session)
+    actions = of(request).actions
     return _act(
-        request, session, referral_id, lambda: of(request).actions.pull(session.user.principal(), referral_id)
+        request, session, referral_id, "taget", lambda: actions.pull(session.user.principal(), referral_id)
     )
 
 
@@ -86,6 +180,7 @@ def reply(request: Request, session: guard.Who, form: guard.Form, referral_id: R
         request,
         session,
         referral_id,
+        "svar",
         lambda: actions.write_to_sender(session.user.principal(), referral_id, _form(MessageToSender, form)),
     )
 
@@ -98,6 +193,7 @@ def note(request: Request, session: guard.Who, form: guard.Form, referral_id: Re
         request,
         session,
         referral_id,
+        "note",
         lambda: actions.note(session.user.principal(), referral_id, _form(InternalNote, form)),
     )
 
@@ -110,6 +206,7 @@ def decide(request: Request, session: guard.Who, form: guard.Form, referral_id: 
         request,
         session,
         referral_id,
+        "afgoerelse",
         lambda: actions.decide(session.user.principal(), referral_id, _form(Decision, form)),
     )
 
@@ -122,6 +219,7 @@ def exception(request: Request, session: guard.Who, form: guard.Form, referral_i
         request,
         session,
         referral_id,
+        "undtagelse",
         lambda: actions.record_exception(
             session.user.principal(), referral_id, _form(DeadlineException, form)
         ),

@@ -127,6 +127,18 @@ class Mail:
             self.note(UNREADABLE)
         return found
 
+    def attachment(self, number: int) -> tuple[str, str, bytes] | None:
+        """The `number`th attachment (from 1, as `attachments` counts): a safe name, its type, its bytes."""
+        try:
+            for at, part in enumerate(self.message.iter_attachments(), start=1):
+                if at == number:
+                    payload = part.get_payload(decode=True)
+                    name = _filename(part, number) or SAFE_NAME.format(n=number)
+                    return name, part.get_content_type(), payload if isinstance(payload, bytes) else b""
+        except Exception:  # a structure the email package cannot walk: no such attachment to give
+            self.note(UNREADABLE)
+        return None
+
 
 def read(raw: bytes) -> Mail:
     """Parse a stored message, bounded in depth; a defect becomes a note, never an exception."""
