@@ -21,6 +21,8 @@ from postkasse.store.schema import audit, message_headers, messages, referral_ev
 # What a queue can be filtered by: a column, or a routing flag in the flags list.
 FLAGS = ("urgent", "unread_reply", "address_disagrees", "outside_target_age")
 HISTORY_LIMIT = 200
+# What only the audit knows: reads, and messages to the sender; every change is an event already.
+AUDIT_ONLY = ("read", "read_raw", "read_attachment", "message_sender", "return_not_sent")
 
 SUMMARY_COLUMNS = (
     referrals.c.id,
@@ -191,7 +193,7 @@ def history(conn: Connection, referral_id: int) -> list[dict[str, Any]]:
     ).all()
     reads = conn.execute(
         select(audit.c.id, audit.c.at, audit.c.actor, audit.c.action)
-        .where(audit.c.referral_id == referral_id)
+        .where(audit.c.referral_id == referral_id, audit.c.action.in_(AUDIT_ONLY))
         .order_by(audit.c.id.desc())
         .limit(HISTORY_LIMIT)
     ).all()
