@@ -1,4 +1,4 @@
-"""Committee API latency: a queue page and one referral, 100,000 referrals in the store, 20 clients.
+"""Committee API and web inbox latency: a queue page and one referral, 100,000 referrals, 20 clients.
 
 For each store (a fresh SQLite file in a temporary directory and/or a fresh PostgreSQL database), the
 script
@@ -8,7 +8,8 @@ script
    its parsed headers and its `routed` event: 60% in 0710 (Favrskov; 80% of those `new`, 10% `pulled`,
    10% `handled`), 38% spread over the other municipalities, 2% in triage. No outbox rows are written,
    so the daemon's redriver and workers have nothing to do;
-2. creates a committee token for 0710 with `tokens.create`;
+2. creates a committee token for 0710 with `tokens.create`, and a web inbox user of 0710 with a session
+   (`users.add` and `sessions.start`, straight in the store: no login form, no argon2 per request);
 3. starts `python -m postkasse serve` (a real process, free loopback ports, no broker, log level WARNING)
    and waits for /readyz;
 4. measures, with `--clients` threads that each keep one HTTP/1.1 connection open (`http.client`),
@@ -16,9 +17,12 @@ script
    * `GET /healthz` - the baseline: no store and no token, the HTTP stack's own latency;
    * `GET /api/v1/municipalities/0710/referrals?state=new&cursor=<random new id>&limit=50`;
    * `GET /api/v1/referrals/<random 0710 id>`;
-   and the same three with one client (`--single` requests), which shows each request's own cost.
+   * the web inbox's queue page, `GET /indbakke` (the first 50 new referrals), with the session's cookie;
+   * the web inbox's referral page, `GET /henvendelser/<random 0710 id>`, with the session's cookie;
+   and the same five with one client (`--single` requests), which shows each request's own cost.
 
-Every response must be 200 (every 50th is also parsed and checked); any other answer fails the run. The
+Every response must be 200 (every 50th API body is also parsed and checked; every page is checked to be
+HTML with the reference in it, so a redirect to /login fails the run); any other answer fails the run. The
 load is closed-loop (each client sends its next request when the previous one is answered), and the
 clients run on the same CPUs as the server, so at saturation latency is about clients / throughput.
 
@@ -65,7 +69,7 @@ from common import (  # bench/ is the script's folder, first on sys.path
 )
 from sqlalchemy import func, insert, select, text
 
-from postkasse.committee import tokens
+from postkasse.committee import sessions, tokens, users
 from postkasse.config import DEFAULT_MUNICIPALITIES, DeadlineSettings
 from postkasse.deadlines.alerts import Alerter
 from postkasse.deadlines.rules import Rules, rulebook
@@ -73,6 +77,7 @@ from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Store
 from postkasse.store.migrate import upgrade
 from postkasse.store.schema import message_headers, messages, referral_events, referrals
+from postkasse.store.schema import users as users_table
 
 RULES = Rules()
 
@@ -89,6 +94,8 @@ BATCH = 2000
 SEED = 2026
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+WEB_USER = "bench-favrskov-web"
+SESSION_COOKIE = "pk_session"  # postkasse/inbox/guard.py COOKIE: the session's secret itself
 
 
 # --- the data ------------------------------------------------------------------------------------
@@ -330,6 +337,20 @@ def fill(store: Store, count: int, codes: Sequence[str], seed: int) -> Filled:
     )
     filled.token = token
     return filled
+
+
+def web_session(store: Store) -> str:
+    """A committee user of 0710 and a live session of theirs, written straight into the store (as the
+    login form would, without its argon2 check per login); returns the `pk_session` cookie's value.
+
+    The session starts at the real time, since the daemon checks it against its own clock (30 idle
+    minutes, 8 hours in all); the daemon writes its last use at most once a minute, as for any user."""
+    now = dt.datetime.now(dt.UTC)
+    with store.write() as conn:
+        users.add(conn, WEB_USER, "committee", COMMITTEE, now)
+        user_id = conn.execute(select(users_table.c.id).where(users_table.c.name == WEB_USER)).scalar_one()
+        secret, _ = sessions.start(conn, users.User(user_id, WEB_USER, "committee", COMMITTEE), now)
+    return secret
 
 
 # --- the stores ----------------------------------------------------------------------------------
@@ -599,7 +620,19 @@ class Phase:
         return 1000 * self.cpu.get(who, 0.0) / max(1, len(self.latencies))
 
 
-Check = Callable[[Any], bool]
+# Whether a response body is the one asked for: given the path and the body (JSON parsed, or a page's text).
+Check = Callable[[str, Any], bool]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One kind of request: how to make its paths, its headers, and how its bodies are checked."""
+
+    kind: str
+    make_path: Callable[[random.Random], str]
+    check: Check
+    headers: dict[str, str]
+    page: bool = False  # HTML: every body checked as text; else JSON, every 50th parsed and checked
 
 
 def _client(
@@ -608,6 +641,7 @@ def _client(
     warmup: Sequence[str],
     paths: Sequence[str],
     check: Check,
+    page: bool,
     barrier: threading.Barrier,
     out: list[float],
     failures: list[str],
@@ -645,7 +679,12 @@ def _client(
         if response.status != 200:
             failures.append(f"GET {path}: {response.status} {body[:200]!r}")
             return -1.0
-        if n % 50 == 0 and not check(json.loads(body)):
+        if page:
+            html = response.getheader("content-type", "").startswith("text/html")
+            if not html or not check(path, body.decode("utf-8", "replace")):
+                failures.append(f"GET {path}: not the page asked for: {body[:200]!r}")
+                return -1.0
+        elif n % 50 == 0 and not check(path, json.loads(body)):
             failures.append(f"GET {path}: unexpected body {body[:200]!r}")
             return -1.0
         return elapsed
@@ -669,10 +708,7 @@ def _client(
 def run_phase(
     server: Server,
     store: BenchStore,
-    kind: str,
-    make_path: Callable[[random.Random], str],
-    check: Check,
-    token: str | None,
+    plan: Plan,
     clients: int,
     requests: int,
     warmup: int,
@@ -682,7 +718,7 @@ def run_phase(
     """`clients` threads, each `warmup` unrecorded then `requests` timed requests, started together;
     with `think` seconds, each client pauses a random time (exponential, that mean) before each request."""
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    kind, make_path = plan.kind, plan.make_path
     plans = [
         ([make_path(rng) for _ in range(warmup)], [make_path(rng) for _ in range(requests)])
         for _ in range(clients)
@@ -695,7 +731,19 @@ def run_phase(
     threads = [
         threading.Thread(
             target=_client,
-            args=(server.port, headers, w, p, check, barrier, outs[n], failures, pauses[n], reconnects),
+            args=(
+                server.port,
+                plan.headers,
+                w,
+                p,
+                plan.check,
+                plan.page,
+                barrier,
+                outs[n],
+                failures,
+                pauses[n],
+                reconnects,
+            ),
             name=f"client-{n}",
             daemon=True,
         )
@@ -729,6 +777,8 @@ KINDS = {
     "healthz": "`GET /healthz` (baseline: no store, no token)",
     "list": f"`GET /api/v1/municipalities/{COMMITTEE}/referrals?state=new&cursor=…&limit={PAGE}`",
     "get": "`GET /api/v1/referrals/{id}`",
+    "queue page": "`GET /indbakke` (web inbox, session cookie)",
+    "referral page": "`GET /henvendelser/{id}` (web inbox, session cookie)",
 }
 
 
@@ -741,6 +791,7 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
         try:
             codes = sorted(Municipalities.load(DEFAULT_MUNICIPALITIES).by_code)
             filled = fill(bench_store, args.referrals, codes, SEED)
+            cookie = web_session(bench_store)
         finally:
             bench_store.dispose()
         size = store.size()
@@ -748,22 +799,39 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
         if len(filled.committee_new) < 2 * PAGE:
             raise BenchError("too few new referrals in 0710 for paging; use more --referrals")
         cursors, every = filled.committee_new[: -PAGE - 1], filled.committee_ids
-        plans: list[tuple[str, Callable[[random.Random], str], Check, str | None]] = [
-            ("healthz", lambda r: "/healthz", lambda b: b.get("status") == "ok", None),
-            (
+        bearer = {"Authorization": f"Bearer {filled.token}"}
+        session = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
+        first = f"PK-{filled.committee_new[0]:06d}"  # the oldest new referral heads the queue page
+        plans = [
+            Plan("healthz", lambda r: "/healthz", lambda p, b: b.get("status") == "ok", {}),
+            Plan(
                 "list",
                 lambda r: (
                     f"/api/v1/municipalities/{COMMITTEE}/referrals?state=new"
                     f"&cursor={r.choice(cursors)}&limit={PAGE}"
                 ),
-                lambda b: len(b["items"]) == PAGE and all(i["state"] == "new" for i in b["items"]),
-                filled.token,
+                lambda p, b: len(b["items"]) == PAGE and all(i["state"] == "new" for i in b["items"]),
+                bearer,
             ),
-            (
+            Plan(
                 "get",
                 lambda r: f"/api/v1/referrals/{r.choice(every)}",
-                lambda b: b["municipality"] == COMMITTEE and len(b["attachments"]) == 1,
-                filled.token,
+                lambda p, b: b["municipality"] == COMMITTEE and len(b["attachments"]) == 1,
+                bearer,
+            ),
+            Plan(
+                "queue page",
+                lambda r: "/indbakke",
+                lambda p, b: b.count('<a href="/henvendelser/') == PAGE and f">{first}</a>" in b,
+                session,
+                page=True,
+            ),
+            Plan(
+                "referral page",
+                lambda r: f"/henvendelser/{r.choice(every)}",
+                lambda p, b: f"Henvendelse PK-{int(p.rsplit('/', 1)[1]):06d}</h1>" in b,
+                session,
+                page=True,
             ),
         ]
         phases: list[Phase] = []
@@ -775,18 +843,16 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
                 (1, args.single, 20),
                 (args.clients, args.requests, args.warmup),
             ):
-                for n, (kind, make_path, check, token) in enumerate(plans):
+                for n, plan in enumerate(plans):
                     think = args.think_ms / 1000 if clients > 1 else 0.0
-                    phase = run_phase(
-                        srv, store, kind, make_path, check, token, clients, requests, warmup, SEED + n, think
-                    )
+                    phase = run_phase(srv, store, plan, clients, requests, warmup, SEED + n, think)
                     phases.append(phase)
                     print(line(phase), flush=True)
                     if phase.failures:
                         if srv.gone():
-                            raise BenchError(f"{store.name} {kind}: {srv.gone()}")
+                            raise BenchError(f"{store.name} {plan.kind}: {srv.gone()}")
                         raise BenchError(
-                            f"{store.name} {kind}: {phase.failures} failed requests; "
+                            f"{store.name} {plan.kind}: {phase.failures} failed requests; "
                             f"first: {phase.first_failure}"
                         )
         return phases, filled, size
@@ -799,7 +865,7 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
 
 def line(p: Phase) -> str:
     return (
-        f"  {p.store:<10} {p.kind:<8} {p.clients:>2} clients {len(p.latencies):>6} req  "
+        f"  {p.store:<10} {p.kind:<13} {p.clients:>2} clients {len(p.latencies):>6} req  "
         f"p50 {p.pct(50):7.1f}  p90 {p.pct(90):7.1f}  p99 {p.pct(99):7.1f}  max {p.pct(100):7.1f} ms  "
         f"{p.rate:7.1f} req/s  server {p.cpu_ms('server'):5.2f} ms CPU/req  "
         f"(steal {p.cpu['steal']:.0%}, other {p.cpu['other']:.0%})"
@@ -902,7 +968,8 @@ def record(
     record_section(
         SECTION_BEGIN,
         SECTION_END,
-        "## API: committee queue page and one referral, 100,000 referrals (bench/api.py)",
+        f"## API and web inbox: committee queue page and one referral, {args.referrals:,} referrals "
+        "(bench/api.py)",
         [
             command("api.py", argv),
             f"- Date: {when}",
@@ -926,6 +993,16 @@ def record(
             f"The list uses a random cursor among the new {COMMITTEE} referrals (always a full page of "
             f"{PAGE}); the read a random {COMMITTEE} referral. Every response was 200 (checked; every 50th "
             "body parsed and checked).",
+            f"- Web inbox pages, in the same run against the same server: `GET /indbakke` (the queue "
+            f"page: the first {PAGE} new {COMMITTEE} referrals, rendered with Jinja2) and "
+            f"`GET /henvendelser/{{id}}` (the referral page, a random {COMMITTEE} referral), as "
+            f"committee user `{WEB_USER}` of {COMMITTEE}. Its user and session were written into the "
+            "store before the daemon started (`users.add`, `sessions.start`): no login form, no argon2 "
+            f"per request. Each request sends the `{SESSION_COOKIE}` cookie, which the daemon looks up "
+            "(writing its last use at most once a minute) as for any user. Every page response was "
+            "checked: 200, `text/html`, the reference in it (the queue page: 50 links, the oldest new "
+            "referral first; the referral page: its own `PK-` reference in the heading), so a redirect "
+            "to /login would fail the run.",
             f"- **The clients share the server's {os.cpu_count()} CPUs**: their CPU time (client column) is "
             "taken from the server"
             + (
