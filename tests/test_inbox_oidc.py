@@ -16,13 +16,14 @@ import uvicorn
 from sqlalchemy import select
 
 from postkasse.clock import FixedClock
+from postkasse.committee import users
 from postkasse.config import OidcSettings, WebSettings
 from postkasse.store import Store
 from postkasse.store.schema import audit
 from postkasse.store.schema import users as users_table
 from tests.inbox_world import Site, site
 from tests.oidc_provider import Provider, provider_fixture  # noqa: F401 (the oidc_provider fixture)
-from tests.servers import wait_until
+from tests.servers import free_port, wait_until
 
 SECRET_ENV = "POSTKASSE_TEST_OIDC_SECRET"
 BUTTON = "Log ind med Favrskov-login"
@@ -168,3 +169,41 @@ def test_a_callback_in_a_browser_that_never_started_the_login_is_refused(
 
 def _detail(row: dict[str, Any]) -> dict[str, Any]:
     return {"actor": row["actor"], **row["detail"]}
+
+
+def test_a_user_disabled_here_cannot_log_in_through_the_provider(web: Site, browser: httpx.Client) -> None:
+    assert follow(browser, log_in_at_provider(browser, "anna")).url.path == "/indbakke"
+    with web.store.write() as conn:
+        users.disable(conn, "anna", web.clock.now())
+    with httpx.Client(base_url=str(browser.base_url), timeout=10) as later:
+        refused = follow(later, log_in_at_provider(later, "anna"))
+        assert refused.status_code == 403 and "spærret" in refused.text
+        assert later.get("/indbakke").status_code == 303
+    assert [(r["actor"], r["why"]) for r in map(_detail, audited(web.store, "login_refused"))] == [
+        ("anna", "disabled")
+    ]
+
+
+def test_the_page_asked_for_before_login_is_where_the_provider_login_ends(
+    web: Site, browser: httpx.Client
+) -> None:
+    asked = browser.get("/login?next=/indbakke%3Fstate%3Dpulled")
+    assert 'href="/login/oidc?next=' in asked.text
+    sent = browser.get("/login/oidc", params={"next": "/indbakke?state=pulled"})
+    parts = urlsplit(sent.headers["location"])
+    at_provider = urlunsplit(parts._replace(query=f"{parts.query}&login_hint=anna"))
+    back = follow(browser, at_provider, stop_at="/login/oidc/callback")
+    landed = follow(browser, str(back.url.join(back.headers["location"])), stop_at="/indbakke")
+    assert landed.headers["location"] == "/indbakke?state=pulled"
+
+
+def test_a_provider_that_does_not_answer_gives_a_clear_page_not_a_crash(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "whatever")
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    oidc = OidcSettings(issuer=nobody, client_id="postkasse", client_secret_env=SECRET_ENV)
+    browser = site(store, FixedClock(datetime.now(UTC)), WebSettings(oidc=oidc)).browser()
+    answer = browser.get("/login/oidc")
+    assert answer.status_code == 502 and "Identitetsudbyderen svarer ikke" in answer.text
+    assert "pk_oidc" not in answer.headers.get("set-cookie", "")
