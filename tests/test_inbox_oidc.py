@@ -4,7 +4,9 @@ runs as a real server, and a client follows every redirect between it and the pr
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,11 +15,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 import uvicorn
+from joserfc import jwt
+from joserfc.jwk import OctKey, RSAKey
 from sqlalchemy import select
 
 from postkasse.clock import FixedClock
 from postkasse.committee import users
 from postkasse.config import OidcSettings, WebSettings
+from postkasse.inbox.oidc_client import LoginRefused, exchange, identity, published, unseal
 from postkasse.store import Store
 from postkasse.store.schema import audit
 from postkasse.store.schema import users as users_table
@@ -207,3 +212,55 @@ def test_a_provider_that_does_not_answer_gives_a_clear_page_not_a_crash(
     answer = browser.get("/login/oidc")
     assert answer.status_code == 502 and "Identitetsudbyderen svarer ikke" in answer.text
     assert "pk_oidc" not in answer.headers.get("set-cookie", "")
+
+
+def test_the_id_token_must_be_signed_by_the_provider_for_this_client_with_this_nonce_and_in_time(
+    web: Site, browser: httpx.Client, oidc_provider: Provider
+) -> None:
+    settings = OidcSettings(
+        issuer=oidc_provider.issuer, client_id=oidc_provider.client_id, client_secret_env=SECRET_ENV
+    )
+    back = urlsplit(log_in_at_provider(browser, "anna"))
+    now = time.time()
+    pending = unseal(settings, browser.cookies["pk_oidc"], web.clock.now().timestamp())
+    assert pending is not None
+    code = parse_qs(back.query)["code"][0]
+
+    async def check(*, nonce: str, at: float, audience: str = settings.client_id) -> dict[str, Any]:
+        other = settings.model_copy(update={"client_id": audience})
+        return await identity(other, tokens, nonce, at)
+
+    tokens = asyncio.run(
+        exchange(settings, _metadata(settings), code, oidc_provider.redirect_uri, pending.verifier)
+    )
+    claims = asyncio.run(check(nonce=pending.nonce, at=now))
+    assert (claims["sub"], claims["municipality"]) == ("anna", "0710")
+
+    refusals = {
+        "another nonce": check(nonce="replayed", at=now),
+        "expired": check(nonce=pending.nonce, at=now + 3 * 3600),
+        "another client": check(nonce=pending.nonce, at=now, audience="another-client"),
+    }
+    for what, attempt in refusals.items():
+        with pytest.raises(LoginRefused, match="id_token_claims"):
+            asyncio.run(attempt)
+            pytest.fail(f"accepted an ID token for {what}")
+
+    # Claims that anyone could sign: our own RSA key, or the client secret itself (HS256).
+    forged_claims = {**claims, "municipality": "0101"}
+    for key, alg in (
+        (RSAKey.generate_key(2048), "RS256"),
+        (OctKey.import_key(oidc_provider.client_secret), "HS256"),
+    ):
+        forged = {**tokens, "id_token": jwt.encode({"alg": alg, "kid": "test-key"}, forged_claims, key)}
+        with pytest.raises(LoginRefused, match="id_token_signature"):
+            asyncio.run(identity(settings, forged, pending.nonce, now))
+    # A code is good once: the provider refuses it the second time.
+    with pytest.raises(LoginRefused, match="code_refused"):
+        asyncio.run(
+            exchange(settings, _metadata(settings), code, oidc_provider.redirect_uri, pending.verifier)
+        )
+
+
+def _metadata(settings: OidcSettings) -> dict[str, Any]:
+    return asyncio.run(published(settings)).metadata
