@@ -207,6 +207,6 @@ async def identity(settings: OidcSettings, tokens: dict[str, Any], nonce: str, n
     )
     try:
         claims.validate(now=int(now), leeway=LEEWAY_SECONDS)
-    except (JoseError, ValueError):
+    except Exception:  # joserfc's errors, or authlib.jose's in older Authlib: any failure is a refusal
         raise LoginRefused("id_token_claims") from None
     return dict(claims)
