@@ -22,7 +22,16 @@ from sqlalchemy import select
 from postkasse.clock import FixedClock
 from postkasse.committee import users
 from postkasse.config import OidcSettings, WebSettings
-from postkasse.inbox.oidc_client import LoginRefused, exchange, identity, published, unseal
+from postkasse.inbox.oidc_client import (
+    PENDING_SECONDS,
+    LoginRefused,
+    Pending,
+    exchange,
+    identity,
+    published,
+    seal,
+    unseal,
+)
 from postkasse.store import Store
 from postkasse.store.schema import audit
 from postkasse.store.schema import users as users_table
@@ -264,3 +273,18 @@ def test_the_id_token_must_be_signed_by_the_provider_for_this_client_with_this_n
 
 def _metadata(settings: OidcSettings) -> dict[str, Any]:
     return asyncio.run(published(settings)).metadata
+
+
+def test_the_pending_login_cookie_is_signed_and_short_lived(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, "the client secret")
+    settings = OidcSettings(issuer="http://127.0.0.1:9", client_id="postkasse", client_secret_env=SECRET_ENV)
+    for length in range(6):  # every length of base64 padding: never a quoted cookie value
+        pending = Pending("s" * length, "nonce", "verifier", "/indbakke")
+        cookie = seal(settings, pending, 1000.0)
+        assert '"' not in cookie and "=" not in cookie
+        assert unseal(settings, cookie, 1000.0 + PENDING_SECONDS) == pending
+        assert unseal(settings, cookie, 1001.0 + PENDING_SECONDS) is None
+    body, _, mac = cookie.partition(".")
+    assert unseal(settings, f"{body[:-2]}{body[-1]}{body[-2]}.{mac}", 1000.0) is None
+    monkeypatch.setenv(SECRET_ENV, "another secret")
+    assert unseal(settings, cookie, 1000.0) is None

@@ -129,7 +129,8 @@ def seal(settings: OidcSettings, pending: Pending, now: float) -> str:
     body = json.dumps(
         {"s": pending.state, "n": pending.nonce, "v": pending.verifier, "x": pending.next, "t": now}
     )
-    encoded = base64.urlsafe_b64encode(body.encode()).decode()
+    # Without padding: '=' would make the cookie value a quoted string, which not every client unquotes.
+    encoded = base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
     mac = hmac.new(_signing_key(settings), encoded.encode(), hashlib.sha256).hexdigest()
     return f"{encoded}.{mac}"
 
@@ -141,7 +142,7 @@ def unseal(settings: OidcSettings, cookie: str, now: float) -> Pending | None:
     if not cookie or not hmac.compare_digest(mac.encode(), expected.encode()):
         return None
     try:
-        body = json.loads(base64.urlsafe_b64decode(encoded.encode()))
+        body = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
         pending = Pending(str(body["s"]), str(body["n"]), str(body["v"]), str(body["x"]))
         started = float(body["t"])
     except (ValueError, KeyError, TypeError):
