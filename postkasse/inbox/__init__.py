@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from postkasse.inbox import guard, login, ops, pages
+from postkasse.inbox import guard, login, oidc, ops, pages
 from postkasse.inbox.context import STATIC, Inbox
 
 __all__ = ["Inbox", "install"]
@@ -19,6 +19,9 @@ def install(app: FastAPI, inbox: Inbox) -> None:
     app.state.inbox = inbox
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(login.router)
+    if inbox.settings.oidc is not None:
+        app.include_router(oidc.router)
+        inbox.templates.env.globals["oidc_button"] = inbox.settings.oidc.button
     app.include_router(pages.router)
     app.include_router(ops.router)
     guard.install(app)

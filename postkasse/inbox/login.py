@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Connection
 from starlette.responses import RedirectResponse, Response
 
 from postkasse.committee import audit, sessions, users
@@ -28,8 +29,23 @@ def safe_next(target: str | None) -> str | None:
     return None
 
 
-def _address(request: Request) -> str:
+def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def open_session(conn: Connection, user: User, now: datetime, address: str, via: str) -> str:
+    """A new session for a user who has just shown who they are, audited as a login; the cookie's secret."""
+    secret, _ = sessions.start(conn, user, now)
+    audit.record(conn, user.name, "login", None, now, via=via, address=address)
+    return secret
+
+
+def welcome(request: Request, user: User, secret: str, target: str | None) -> Response:
+    """The answer to a successful login: the session cookie, and on to `target` or the user's landing page."""
+    response = RedirectResponse(target or landing(user), status_code=303)
+    guard.set_session_cookie(request, response, secret)
+    response.delete_cookie(guard.LOGIN_CSRF_COOKIE, path="/")
+    return response
 
 
 @router.get("/")
@@ -79,8 +95,7 @@ def _attempt(inbox: Inbox, name: str, password: str, address: str) -> tuple[str,
             audit.record(conn, name[:64], "login_failed", None, now, address=address)
             return "wrong", None, ""
         users.forget_failures(conn, name)
-        secret, _ = sessions.start(conn, user, now)
-        audit.record(conn, user.name, "login", None, now, via="password", address=address)
+        secret = open_session(conn, user, now, address, "password")
     return "ok", user, secret
 
 
@@ -104,15 +119,12 @@ async def login(request: Request) -> Response:
 
     if not name or not password:
         return again("Skriv dit brugernavn og din adgangskode.", 422)
-    outcome, user, secret = await run_in_threadpool(_attempt, inbox, name, password, _address(request))
+    outcome, user, secret = await run_in_threadpool(_attempt, inbox, name, password, client_address(request))
     if outcome == "throttled":
         return again("For mange forkerte forsøg. Vent et kvarter, og prøv igen.", 429)
     if user is None:
         return again("Forkert brugernavn eller adgangskode.", 401)
-    response = RedirectResponse(target or landing(user), status_code=303)
-    guard.set_session_cookie(request, response, secret)
-    response.delete_cookie(guard.LOGIN_CSRF_COOKIE, path="/")
-    return response
+    return welcome(request, user, secret, target)
 
 
 @router.post("/logout")
