@@ -2,7 +2,8 @@
 # Makes sure the real servers the test suite talks to are running on loopback:
 # PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379; and that dovecot is installed (not running).
 # Also installs what the web inbox tests drive: Debian's chromium (run headless by Playwright, whose own
-# browser downloads are unreachable) and Node.js with npm (the test OpenID provider, tests/oidc).
+# browser downloads are unreachable) and Node.js with npm (the test OpenID provider, tests/oidc); and the
+# libraries WeasyPrint prints the action plan with (Pango, HarfBuzz) and a font with Danish letters.
 # Started where installed but stopped; installed with apt-get where missing (needs root).
 set -euo pipefail
 
@@ -74,4 +75,15 @@ fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     log "installing nodejs and npm"; apt_install nodejs npm
 fi
-log "PostgreSQL and Redis are up; dovecot, chromium and node are installed for the IMAP, browser and OIDC tests"
+# WeasyPrint (postkasse/pathway/printed.py, the printed action plan) loads Pango and HarfBuzz through cffi and
+# needs a font with æ, ø and å; pip cannot install them.
+weasyprint_missing=()
+for package in libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 fonts-dejavu-core; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed'; then
+        weasyprint_missing+=("$package")
+    fi
+done
+if [ "${#weasyprint_missing[@]}" -gt 0 ]; then
+    log "installing ${weasyprint_missing[*]} for WeasyPrint"; apt_install "${weasyprint_missing[@]}"
+fi
+log "PostgreSQL and Redis are up; dovecot, chromium, node and Pango are installed for the tests that use them"
