@@ -44,9 +44,10 @@ def _installed() -> None:
     npm = shutil.which("npm")
     assert npm and shutil.which("node"), "node and npm are missing; `make services` installs them"
     if not (HERE / "node_modules" / "oidc-provider").is_dir():
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300, capture_output=True
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, timeout=300, capture_output=True, text=True
         )
+        assert done.returncode == 0, f"npm ci in {HERE} failed:\n{done.stdout}\n{done.stderr}"
 
 
 def _discovery(issuer: str) -> bool:
