@@ -221,6 +221,9 @@ class DeadlineRulesSettings(_Section):
     handling_days: int = Field(8, ge=1, le=60)
     handling_warning_days: int = Field(2, ge=0)
     working_days: bool = Field(False, description="count Danish working days instead of calendar days")
+    startup_meeting_days: int = Field(28, ge=1, le=365, description="joint pathway: decision to start-up")
+    follow_up_meeting_days: int = Field(42, ge=1, le=365, description="start-up meeting to first follow-up")
+    meeting_warning_days: int = Field(7, ge=0, description="warn this many days before a meeting is due")
 
     @model_validator(mode="after")
     def _order(self) -> DeadlineRulesSettings:
@@ -228,6 +231,8 @@ class DeadlineRulesSettings(_Section):
             raise ValueError("emptying_warning_hours is after emptying_breach_hours")
         if self.handling_warning_days >= self.handling_days:
             raise ValueError("handling_warning_days must be fewer than handling_days")
+        if self.meeting_warning_days >= min(self.startup_meeting_days, self.follow_up_meeting_days):
+            raise ValueError("meeting_warning_days must be fewer than the meeting deadlines' days")
         return self
 
 

@@ -29,7 +29,7 @@ log = logs.get(__name__)
 
 QUEUE_STATES = ("new", "pulled", "handled")
 OPEN_MAIL_STATES = ("pending", "sending", "failed")
-DEADLINES = ("emptying", "handling")
+DEADLINES = ("emptying", "handling", "startup_meeting", "follow_up_meeting")
 
 
 def _age(now: datetime, since: datetime | None) -> float:
@@ -117,7 +117,7 @@ class StoreGauges(Collector):
         for level, counts in past.items():
             family = GaugeMetricFamily(
                 f"postkasse_referrals_past_{level}",
-                f"Open referrals past the {level} point of a deadline (emptying or handling)",
+                f"Open referrals and pathways past the {level} point of a deadline",
                 labels=["municipality", "deadline"],
             )
             for (code, deadline), count in sorted(counts.items()):

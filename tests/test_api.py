@@ -49,7 +49,7 @@ class World:
 
     def call(self, method: str, path: str, who: str | None, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
-        return self.client.request(method, path, headers=headers, **kwargs)
+        return self.client.request(method, path, headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
 
 
 def add_referral(
@@ -80,6 +80,11 @@ def add_referral(
 
 @pytest.fixture
 def world(store: Store) -> Iterator[World]:
+    yield from make_world(store)
+
+
+def make_world(store: Store) -> Iterator[World]:
+    """An API over `store` with a token per kind of caller and three referrals (0710, 0751, triage)."""
     clock = FixedClock(T0)
     dispatched: list[Next] = []
     municipalities = Municipalities.load(DEFAULT_MUNICIPALITIES)
@@ -367,6 +372,10 @@ SCOPED = {
     ("POST", "/api/v1/referrals/{referral_id}/messages"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/exception"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/notes"): 404,
+    ("POST", "/api/v1/referrals/{referral_id}/meetings"): 404,
+    ("GET", "/api/v1/referrals/{referral_id}/meetings"): 404,
+    ("GET", "/api/v1/referrals/{referral_id}/plan"): 404,
+    ("POST", "/api/v1/referrals/{referral_id}/explanations"): 404,
     ("GET", "/api/v1/triage"): 403,
     ("POST", "/api/v1/triage/{referral_id}/assign"): 403,
     ("GET", "/api/v1/stats"): 403,
@@ -386,6 +395,8 @@ BODIES = {
     "notes": {"text": "hej"},
     "assign": {"municipality": "0751", "note": "x"},
     "exception": {"reason": "medical_reason", "note": "x"},
+    "meetings": {"kind": "opstart", "held_at": "2026-04-01T10:00:00+02:00"},
+    "explanations": {"deadline": "follow_up_meeting", "text": "x"},
 }
 
 

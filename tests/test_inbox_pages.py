@@ -251,3 +251,52 @@ def test_operations_see_queues_sort_triage_and_get_the_statistics(web: Site) -> 
     assert rows[-1]["municipality"] == "total" and int(rows[-1]["received"]) == 2
     assert ops.get("/drift/statistik?fra=2026-04-01&til=2026-03-01").status_code == 422
     assert ops.get("/drift/statistik?fra=igaar").status_code == 422
+
+
+def test_a_joint_pathway_is_decided_and_its_meetings_recorded_in_the_browser(web: Site) -> None:
+    referral = add_referral(web.store, "0710")
+    browser = member(web)
+    browser.get(f"/henvendelser/{referral}")
+    browser.post(f"/henvendelser/{referral}/tag")
+    missing = browser.post(f"/henvendelser/{referral}/afgoerelse", {"outcome": "joint_pathway"})
+    assert missing.status_code == 422 and "indsatsansvarlig" in missing.text
+    decided = browser.post(
+        f"/henvendelser/{referral}/afgoerelse",
+        {
+            "outcome": "joint_pathway",
+            "responsible_name": "Mette Sørensen",
+            "responsible_title": "Sundhedsplejerske",
+            "responsible_telephone": "87654321",
+        },
+    )
+    assert decided.status_code == 303
+    page = browser.get(decided.headers["location"]).text
+    assert "Fælles forpligtende forløb" in page and "Mette Sørensen" in page and "opstartsmøde" in page
+    recorded = browser.post(
+        f"/henvendelser/{referral}/moede",
+        {
+            "kind": "opstart",
+            "held_at": "2026-04-10T10:00",
+            "place": "Hinnerup Skole",
+            "participants": "Hanne Hansen | mor\nLars | lærer",
+            "guardians": "Hanne Hansen | mor | Skolevej 12, 8382 Hinnerup | ja",
+            "custody": "Fælles",
+            "what_works": "En god ven",
+            "what_is_hard": "Morgener",
+            "goals": "Komme i skole\nSove hele natten",
+            "agreements": "Samtaler | hver onsdag | PPR",
+            "expectations": "Alle melder tilbage",
+            "next_meeting": "",
+        },
+    )
+    assert recorded.status_code == 303, recorded.text
+    page = browser.get(recorded.headers["location"]).text
+    assert "Mødet og handleplanen er gemt." in page and "Komme i skole" in page
+    assert "Samtaler: hver onsdag (ansvarlig: PPR)" in page
+    assert "Hanne Hansen | mor | Skolevej 12, 8382 Hinnerup | ja" in page  # the next meeting starts from it
+    explained = browser.post(f"/henvendelser/{referral}/forklaring", {"text": "Familien er bortrejst."})
+    assert explained.status_code == 303
+    assert "Familien er bortrejst." in browser.get(explained.headers["location"]).text
+    pdf = browser.get(f"/henvendelser/{referral}/handleplan.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
+    assert member(web, "bo", "0751").get(f"/henvendelser/{referral}/handleplan.pdf").status_code == 404

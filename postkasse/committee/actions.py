@@ -16,12 +16,13 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import Connection, select
 
 from postkasse.clock import Clock
-from postkasse.committee import audit, correspondence, referrals, triage, views
+from postkasse.committee import audit, correspondence, pathways, referrals, triage, views
 from postkasse.committee.stats import Statistics, statistics
 from postkasse.committee.tokens import Principal
 from postkasse.deadlines import assess
 from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox import content
+from postkasse.pathway.plan import ActionPlan, Meeting, Responsible
 from postkasse.pipeline import Next, Pipeline
 from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
@@ -62,6 +63,9 @@ class Decision(BaseModel):
         None, description="returned: the reason as counted in the statistics; `other` when not given"
     )
     note: str | None = Field(None, max_length=4000)
+    responsible: Responsible | None = Field(
+        None, description="joint_pathway: the responsible professional (indsatsansvarlig); needed for it"
+    )
 
     @model_validator(mode="after")
     def _detail(self) -> Decision:
@@ -69,6 +73,24 @@ class Decision(BaseModel):
             raise ValueError("unit: forwarding names the unit that takes the case")
         if self.outcome == "returned" and not (self.reason and self.reason.strip()):
             raise ValueError("reason: returning a referral (tilbagevisning) needs the reason")
+        if self.outcome == "joint_pathway" and self.responsible is None:
+            raise ValueError(
+                "responsible: a joint pathway names its responsible professional (indsatsansvarlig): "
+                "name, title and telephone"
+            )
+        return self
+
+
+class Explanation(BaseModel):
+    deadline: Literal["follow_up_meeting"] = Field(
+        ..., description="the meeting deadline explained; the seed asks it of a late follow-up meeting"
+    )
+    text: str = Field(..., min_length=1, max_length=8000)
+
+    @model_validator(mode="after")
+    def _text(self) -> Explanation:
+        if not self.text.strip():
+            raise ValueError("text: the explanation is empty")
         return self
 
 
@@ -316,6 +338,8 @@ class Actions:
                 )
             )
             audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
+            if decision.outcome == "joint_pathway" and decision.responsible is not None:
+                pathways.start(conn, referral_id, row.municipality, decision.responsible, now, self.rules)
             if decision.outcome == "returned" and decision.reason:
                 committee = self.committee_name(row.municipality)
                 text = correspondence.returned_text(reference(referral_id), committee, decision.reason)
@@ -375,6 +399,48 @@ class Actions:
             referrals.note(conn, referral_id, body.text, now, who.name)
             audit.record(conn, who.name, "note", referral_id, now)
             found = views.detail(conn, referral_id)
+        assert found is not None
+        return found
+
+    def record_meeting(self, who: Principal, referral_id: int, meeting: Meeting) -> dict[str, Any]:
+        """A meeting of the pathway with the plan as it stood after it; sets the next meeting's clock."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            self._visible(conn, who, referral_id)
+            meeting_id = _change(
+                lambda: pathways.record_meeting(conn, referral_id, meeting, who.name, now, self.rules)
+            )
+            audit.record(conn, who.name, "meeting", referral_id, now, kind=meeting.kind, meeting=meeting_id)
+            found = pathways.summary(conn, referral_id)
+        assert found is not None
+        return found
+
+    def meetings(self, who: Principal, referral_id: int) -> list[dict[str, Any]]:
+        """The pathway's meetings, each with its version of the plan; audited as a read."""
+        with self.store.read() as conn:
+            self._visible(conn, who, referral_id)
+            found = pathways.listing(conn, referral_id)
+        self.audit_log.record(who.name, "read_meetings", referral_id, self.clock.now())
+        return found
+
+    def plan(self, who: Principal, referral_id: int) -> ActionPlan:
+        """The newest version of the action plan; audited as a read."""
+        with self.store.read() as conn:
+            self._visible(conn, who, referral_id)
+            found = pathways.plan(conn, referral_id, self.municipalities)
+        if found is None:
+            raise Refused(404, "no_plan", "The referral has no action plan yet: record a meeting first.")
+        self.audit_log.record(who.name, "read_plan", referral_id, self.clock.now())
+        return found
+
+    def explain(self, who: Principal, referral_id: int, body: Explanation) -> dict[str, Any]:
+        """A written explanation of a follow-up meeting not held in time: stops that clock."""
+        now = self.clock.now()
+        with self.store.write() as conn:
+            self._visible(conn, who, referral_id)
+            _change(lambda: pathways.explain(conn, referral_id, body.deadline, body.text, who.name, now))
+            audit.record(conn, who.name, "explanation", referral_id, now, deadline=body.deadline)
+            found = pathways.summary(conn, referral_id)
         assert found is not None
         return found
 

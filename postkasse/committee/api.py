@@ -29,6 +29,7 @@ from postkasse.committee.actions import (
     Assignment,
     DeadlineException,
     Decision,
+    Explanation,
     InternalNote,
     MessageToSender,
     QueueState,
@@ -38,6 +39,8 @@ from postkasse.committee.audit import AuditLog
 from postkasse.committee.correspondence import MedcomWriter
 from postkasse.committee.tokens import Authenticator, Principal
 from postkasse.deadlines.rules import RuleBook
+from postkasse.pathway import fhir, printed
+from postkasse.pathway.plan import Meeting
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Received, Store, Stored, StoreUnavailable
@@ -151,6 +154,42 @@ def create_router(api: Api) -> APIRouter:
     def message_sender(referral_id: ReferralId, body: MessageToSender, who: Caller) -> dict[str, Any]:
         """A message to the sender, sent as mail with the referral's reference; replies join the thread."""
         return {"status": "queued", "reference": act.write_to_sender(who, referral_id, body)}
+
+    @router.post("/referrals/{referral_id}/meetings", tags=["joint pathway"], status_code=201)
+    def record_meeting(referral_id: ReferralId, body: Meeting, who: Caller) -> dict[str, Any]:
+        """A meeting of the joint pathway (opstart, opfoelgning, afslutning) with the action plan as it
+        stood afterwards; sets the next meeting's deadline, and `afslutning` closes the pathway."""
+        return act.record_meeting(who, referral_id, body)
+
+    @router.get("/referrals/{referral_id}/meetings", tags=["joint pathway"])
+    def list_meetings(referral_id: ReferralId, who: Caller) -> JSONResponse:
+        """The pathway's meetings, oldest first, each with its version of the plan."""
+        return JSONResponse({"items": act.meetings(who, referral_id)})
+
+    @router.get(
+        "/referrals/{referral_id}/plan",
+        tags=["joint pathway"],
+        responses={200: {"content": {"application/fhir+json": {}, "application/pdf": {}}}},
+    )
+    def get_plan(referral_id: ReferralId, who: Caller, accept: Annotated[str, Header()] = "") -> Response:
+        """The newest action plan: JSON; a FHIR R4 Bundle with `Accept: application/fhir+json`; a printable
+        plan for the family with `Accept: application/pdf`."""
+        found = act.plan(who, referral_id)
+        wanted = accept.lower()
+        if "application/fhir+json" in wanted:
+            return JSONResponse(fhir.bundle(found), media_type="application/fhir+json")
+        if "application/pdf" in wanted:
+            return Response(
+                printed.pdf(found),
+                media_type="application/pdf",
+                headers={"Content-Disposition": f'inline; filename="handleplan-{found.reference}.pdf"'},
+            )
+        return JSONResponse(found.model_dump(mode="json"))
+
+    @router.post("/referrals/{referral_id}/explanations", tags=["joint pathway"], status_code=201)
+    def explain(referral_id: ReferralId, body: Explanation, who: Caller) -> dict[str, Any]:
+        """A written explanation of why the follow-up meeting is not held in time; stops that clock."""
+        return act.explain(who, referral_id, body)
 
     @router.post("/referrals/{referral_id}/notes", tags=["committee"], status_code=201)
     def add_note(referral_id: ReferralId, body: InternalNote, who: Caller) -> dict[str, Any]:

@@ -22,6 +22,9 @@ Semantics, so the numbers mean the same to everyone who reads them:
   stopped); `returned` returned referrals (tilbagevisninger) by reason code, every code of
   `RETURN_REASONS` present, 0 when none, a missing or unknown code counted as `other`; `returned_total`;
   `joint_pathways` (fælles forpligtende forløb); `forwarded`; `closed`;
+  `pathways_started` joint pathways begun; `startup_meetings` and `startup_meetings_in_time` start-up
+  meetings held, and of those held by their deadline; `follow_up_meetings` and
+  `follow_up_meetings_in_time` likewise; `explanations` written explanations of a late follow-up;
   `handling_hours_p50` and `handling_hours_p90`: hours from `received_at` to `handled_at` over the handled
   referrals, nearest rank (the value at rank ceil(p * n) of the sorted list), rounded to 2 decimals,
   null when none is handled.
@@ -37,12 +40,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, func, select
+from sqlalchemy import ColumnElement, Connection, and_, case, func, or_, select
 
 from postkasse.clock import COPENHAGEN
 from postkasse.committee.referrals import RETURN_REASONS
 from postkasse.routing.municipalities import Municipalities
-from postkasse.store.schema import messages, referrals
+from postkasse.store.schema import meetings, messages, pathway_explanations, pathways, referrals
 
 TRIAGE = "triage"
 PERCENTILES = (50, 90)
@@ -57,6 +60,12 @@ COUNTS = (
     "joint_pathways",
     "forwarded",
     "closed",
+    "pathways_started",
+    "startup_meetings",
+    "startup_meetings_in_time",
+    "follow_up_meetings",
+    "follow_up_meetings_in_time",
+    "explanations",
 )
 CSV_COLUMNS = (
     "municipality",
@@ -104,6 +113,12 @@ class Tally:
     joint_pathways: int = 0
     forwarded: int = 0
     closed: int = 0
+    pathways_started: int = 0
+    startup_meetings: int = 0
+    startup_meetings_in_time: int = 0
+    follow_up_meetings: int = 0
+    follow_up_meetings_in_time: int = 0
+    explanations: int = 0
     handling_hours: list[float] = field(default_factory=list)
 
     @property
@@ -135,6 +150,7 @@ class Tally:
             "joint_pathways": self.joint_pathways,
             "forwarded": self.forwarded,
             "closed": self.closed,
+            **{name: getattr(self, name) for name in COUNTS[COUNTS.index("pathways_started") :]},
             **{f"handling_hours_p{p}": self.handling_percentile(p) for p in PERCENTILES},
         }
 
@@ -265,6 +281,7 @@ def statistics(conn: Connection, start: date, end: date, municipalities: Municip
         hours = (row.handled_at - row.received_at).total_seconds() / 3600
         tallies[(row.municipality, row.sender_kind)].handling_hours.append(hours)
 
+    _pathways(conn, in_period, tallies)
     count = conn.execute(
         select(func.count())
         .select_from(messages)
@@ -275,6 +292,45 @@ def statistics(conn: Connection, start: date, end: date, municipalities: Municip
         for (code, kind), tally in sorted(tallies.items(), key=lambda item: _order(*item[0]))
     )
     return Statistics(start, end, int(count), rows, _total(row.tally for row in rows))
+
+
+def _pathways(
+    conn: Connection, in_period: ColumnElement[bool], tallies: dict[tuple[str | None, str], Tally]
+) -> None:
+    """The cohort's joint pathways: begun, their meetings (and those held by the deadline), explanations."""
+    r = referrals.c
+    group = (r.municipality, r.sender_kind)
+    for row in conn.execute(
+        select(*group, func.count().label("started"))
+        .select_from(pathways.join(referrals, referrals.c.id == pathways.c.referral_id))
+        .where(in_period)
+        .group_by(*group)
+    ):
+        tallies[(row.municipality, row.sender_kind)].pathways_started += int(row.started)
+    m = meetings.c
+    in_time = or_(m.due_at.is_(None), m.held_at <= m.due_at)
+    for row in conn.execute(
+        select(*group, m.kind, func.count().label("held"), _count_if(in_time).label("in_time"))
+        .select_from(meetings.join(referrals, referrals.c.id == m.referral_id))
+        .where(in_period, m.kind.in_(("opstart", "opfoelgning")))
+        .group_by(*group, m.kind)
+    ):
+        tally = tallies[(row.municipality, row.sender_kind)]
+        if row.kind == "opstart":
+            tally.startup_meetings += int(row.held)
+            tally.startup_meetings_in_time += int(row.in_time)
+        else:
+            tally.follow_up_meetings += int(row.held)
+            tally.follow_up_meetings_in_time += int(row.in_time)
+    for row in conn.execute(
+        select(*group, func.count().label("given"))
+        .select_from(
+            pathway_explanations.join(referrals, referrals.c.id == pathway_explanations.c.referral_id)
+        )
+        .where(in_period)
+        .group_by(*group)
+    ):
+        tallies[(row.municipality, row.sender_kind)].explanations += int(row.given)
 
 
 def _name(municipalities: Municipalities, code: str | None) -> str | None:

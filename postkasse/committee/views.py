@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, String, case, cast, func, select
 
 from postkasse.clock import COPENHAGEN
+from postkasse.committee import pathways
 from postkasse.deadlines.badges import Badge, badge
 from postkasse.deadlines.rules import Rules
 from postkasse.mailbox import content
@@ -22,7 +23,17 @@ from postkasse.store.schema import audit, message_headers, messages, referral_ev
 FLAGS = ("urgent", "unread_reply", "address_disagrees", "outside_target_age")
 HISTORY_LIMIT = 200
 # What only the audit knows: reads, and messages to the sender; every change is an event already.
-AUDIT_ONLY = ("read", "read_raw", "read_attachment", "message_sender", "return_not_sent")
+AUDIT_ONLY = (
+    "read",
+    "read_raw",
+    "read_attachment",
+    "read_plan",
+    "read_meetings",
+    "message_sender",
+    "return_not_sent",
+    "meeting",
+    "explanation",
+)
 
 SUMMARY_COLUMNS = (
     referrals.c.id,
@@ -247,4 +258,5 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
         ],
         "notes": [{"at": n.at.isoformat(), "author": n.actor, "text": n.detail["text"]} for n in notes],
         "history": history(conn, referral_id),
+        "pathway": pathways.summary(conn, referral_id) if row.outcome == "joint_pathway" else None,
     }

@@ -22,14 +22,14 @@ from typing import Any
 from sqlalchemy import Connection, select, text, update
 
 from postkasse import kinds, logs
-from postkasse.deadlines.assess import OPEN_STATES, Assessment, Finding, findings
+from postkasse.deadlines.assess import OPEN_STATES, PATHWAY_DEADLINES, Assessment, Finding, findings
 from postkasse.deadlines.rules import RuleBook
 from postkasse.pipeline import Follow
 from postkasse.receipts import compose, outgoing
 from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import insert_ignoring_duplicates, insert_on_conflict
-from postkasse.store.schema import deadline_alerts, periodic_runs, referrals
+from postkasse.store.schema import deadline_alerts, pathway_explanations, pathways, periodic_runs, referrals
 
 log = logs.get(__name__)
 
@@ -42,6 +42,8 @@ RESOLVED_TEXT = {
     "handled": "Henvendelsen er nu behandlet.",
     "exception": "Udvalget har registreret en undtagelse, og fristen er stoppet.",
     "reassigned": "Fristen er ikke længere overskredet.",
+    "meeting": "Mødet er nu holdt og registreret.",
+    "explained": "Der foreligger nu en skriftlig forklaring på, at mødet ikke er holdt.",
 }
 
 
@@ -53,7 +55,7 @@ class Survey:
     at: datetime
     found: Assessment
     new: list[Finding]
-    cleared: dict[tuple[int, str], list[Any]]  # (referral, deadline) -> its open alerts (id, level)
+    cleared: dict[tuple[int, str, int], list[Any]]  # (referral, deadline, cycle) -> its open alerts
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,14 @@ class Alerter:
                 deadline_alerts.c.deadline,
                 deadline_alerts.c.level,
                 deadline_alerts.c.municipality,
+                deadline_alerts.c.cycle,
             ).where(deadline_alerts.c.resolved_at.is_(None), deadline_alerts.c.deadline != "urgent")
         ).all()
-        known = {(a.referral_id, a.deadline, a.level, a.municipality) for a in active}
-        current = {(f.referral_id, f.deadline) for f in found.findings}
-        cleared: dict[tuple[int, str], list[Any]] = {}
+        known = {(a.referral_id, a.deadline, a.cycle, a.level, a.municipality) for a in active}
+        current = {(f.referral_id, f.deadline, f.cycle) for f in found.findings}
+        cleared: dict[tuple[int, str, int], list[Any]] = {}
         for alert in active:
-            key = (alert.referral_id, alert.deadline)
+            key = (alert.referral_id, alert.deadline, alert.cycle)
             if key not in current:
                 cleared.setdefault(key, []).append(alert)
         return Survey(now, found, [f for f in found.findings if _key(f) not in known], cleared)
@@ -126,6 +129,7 @@ class Alerter:
                         "level": f.level,
                         "municipality": f.municipality or "",
                         "due_at": f.due,
+                        "cycle": f.cycle,
                         "raised_at": now,
                         "resolved_at": None,
                     }
@@ -184,7 +188,16 @@ class Alerter:
                 referrals.c.id == alert.referral_id
             )
         ).one()
-        why = "exception" if state.exception is not None else state.state
+        if alert.deadline in PATHWAY_DEADLINES:
+            explained = conn.execute(
+                select(pathway_explanations.c.id).where(
+                    pathway_explanations.c.referral_id == alert.referral_id,
+                    pathway_explanations.c.due_at == alert.due_at,
+                )
+            ).first()
+            why = "explained" if explained else "meeting"
+        else:
+            why = "exception" if state.exception is not None else state.state
         log.info("alert resolved", referral=reference(alert.referral_id), deadline=alert.deadline, why=why)
         return self._mail(
             conn,
@@ -200,7 +213,7 @@ class Alerter:
     def _resolve(
         self,
         conn: Connection,
-        cleared: dict[tuple[int, str], list[Any]],
+        cleared: dict[tuple[int, str, int], list[Any]],
         now: datetime,
         follow: list[Follow],
     ) -> list[tuple[int, str]]:
@@ -223,7 +236,7 @@ class Alerter:
             if any(a.id in changed for a in alerts):
                 last = max(alerts, key=lambda a: (a.level == "breach", a.id))
                 follow.append((kinds.ALERT_RESOLVED, last.id))
-                done.append(key)
+                done.append(key[:2])
         return done
 
     def _mail(
@@ -279,6 +292,7 @@ def _still_late(conn: Connection, new: list[Finding]) -> list[Finding]:
     """Those of `new` whose referral still waits where the survey found it: one pulled, handled, moved or
     excepted since then raises nothing (the survey is read before the write transaction begins)."""
     now_open: dict[int, Any] = {}
+    meeting_open: dict[int, Any] = {}
     ids = sorted({f.referral_id for f in new})
     for start in range(0, len(ids), _CHUNK):
         for row in conn.execute(
@@ -287,7 +301,33 @@ def _still_late(conn: Connection, new: list[Finding]) -> list[Finding]:
             )
         ):
             now_open[row.id] = row
-    return [f for f in new if _waits(now_open.get(f.referral_id), f)]
+        for row in conn.execute(
+            select(pathways.c.referral_id, pathways.c.state, pathways.c.deadline, pathways.c.due_at).where(
+                pathways.c.referral_id.in_(ids[start : start + _CHUNK])
+            )
+        ):
+            meeting_open[row.referral_id] = row
+    return [
+        f
+        for f in new
+        if (
+            _meeting_waits(meeting_open.get(f.referral_id), f)
+            if f.deadline in PATHWAY_DEADLINES
+            else _waits(now_open.get(f.referral_id), f)
+        )
+    ]
+
+
+def _meeting_waits(row: Any, finding: Finding) -> bool:
+    return (
+        row is not None
+        and row.state == "active"
+        and (row.deadline, row.due_at)
+        == (
+            finding.deadline,
+            finding.due,
+        )
+    )
 
 
 def _waits(row: Any, finding: Finding) -> bool:
@@ -298,8 +338,8 @@ def _waits(row: Any, finding: Finding) -> bool:
     return row.state in OPEN_STATES and row.exception is None
 
 
-def _key(finding: Finding) -> tuple[int, str, str, str]:
-    return (finding.referral_id, finding.deadline, finding.level, finding.municipality or "")
+def _key(finding: Finding) -> tuple[int, str, int, str, str]:
+    return (finding.referral_id, finding.deadline, finding.cycle, finding.level, finding.municipality or "")
 
 
 def last_check(conn: Connection) -> datetime | None:

@@ -17,9 +17,10 @@ from sqlalchemy import Connection, func, select
 from postkasse.clock import COPENHAGEN
 from postkasse.deadlines.rules import RuleBook
 from postkasse.reference import reference
-from postkasse.store.schema import referrals
+from postkasse.store.schema import pathways, referrals
 
 OPEN_STATES = ("triage", "new", "pulled")
+PATHWAY_DEADLINES = ("startup_meeting", "follow_up_meeting")
 
 
 def level(now: datetime, warn_at: datetime, due_at: datetime) -> str | None:
@@ -36,9 +37,10 @@ class Finding:
 
     referral_id: int
     municipality: str | None  # None while in triage: operations' concern
-    deadline: str  # emptying | handling
+    deadline: str  # emptying | handling | startup_meeting | follow_up_meeting
     level: str  # warning | breach (ok: not yet warned, from `upcoming`)
     due: datetime
+    cycle: int = 0  # a pathway's meetings held so far: each round of meetings is its own deadline
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -119,8 +121,21 @@ def _emptying(now: datetime, rules: RuleBook, code: str, waiting: int, oldest: d
 
 
 def upcoming(conn: Connection, code: str, now: datetime, until: datetime) -> list[Finding]:
-    """The municipality's open referrals whose handling falls due by `until` and are not yet warned of."""
-    return [
+    """The municipality's open referrals and pathways that fall due by `until`, not yet warned of."""
+    meetings = [
+        Finding(row.referral_id, code, row.deadline, "ok", row.due_at, row.meetings_held)
+        for row in conn.execute(
+            select(
+                pathways.c.referral_id, pathways.c.deadline, pathways.c.due_at, pathways.c.meetings_held
+            ).where(
+                pathways.c.municipality == code,
+                pathways.c.state == "active",
+                pathways.c.warn_at > now,
+                pathways.c.due_at <= until,
+            )
+        )
+    ]
+    handling = [
         Finding(row.id, code, "handling", "ok", row.due_at)
         for row in conn.execute(
             select(referrals.c.id, referrals.c.due_at)
@@ -134,6 +149,7 @@ def upcoming(conn: Connection, code: str, now: datetime, until: datetime) -> lis
             .order_by(referrals.c.due_at, referrals.c.id)
         )
     ]
+    return sorted(meetings + handling, key=lambda f: (f.due, f.referral_id))
 
 
 def findings(conn: Connection, now: datetime, rules: RuleBook) -> list[Finding]:
@@ -157,5 +173,26 @@ def findings(conn: Connection, now: datetime, rules: RuleBook) -> list[Finding]:
     ):
         found = level(now, late.warn_at, late.due_at) or ""
         findings.append(Finding(late.id, late.municipality, "handling", found, late.due_at))
+    for meeting in conn.execute(
+        select(
+            pathways.c.referral_id,
+            pathways.c.municipality,
+            pathways.c.deadline,
+            pathways.c.warn_at,
+            pathways.c.due_at,
+            pathways.c.meetings_held,
+        ).where(pathways.c.state == "active", pathways.c.warn_at <= now)
+    ):
+        found = level(now, meeting.warn_at, meeting.due_at) or ""
+        findings.append(
+            Finding(
+                meeting.referral_id,
+                meeting.municipality,
+                meeting.deadline,
+                found,
+                meeting.due_at,
+                meeting.meetings_held,
+            )
+        )
     findings.sort(key=lambda f: (f.due, f.referral_id, f.deadline))
     return findings

@@ -13,12 +13,17 @@ from datetime import datetime
 from postkasse.clock import COPENHAGEN
 from postkasse.deadlines.assess import level
 
-NAMES = {"emptying": "Tømning", "handling": "Behandling"}
+NAMES = {
+    "emptying": "Tømning",
+    "handling": "Behandling",
+    "startup_meeting": "Opstartsmøde",
+    "follow_up_meeting": "Opfølgningsmøde",
+}
 
 
 @dataclass(frozen=True)
 class Badge:
-    deadline: str  # emptying | handling
+    deadline: str  # emptying | handling | startup_meeting | follow_up_meeting
     level: str  # ok | warning | breach | stopped
     text: str
 

@@ -1,4 +1,4 @@
-"""The two deadlines on a referral, on the Danish wall clock (Europe/Copenhagen, with daylight saving).
+"""The deadlines on a referral, on the Danish wall clock (Europe/Copenhagen, with daylight saving).
 
 - Daily emptying: a referral waiting `new` in a queue is due to be pulled 24 hours after it entered the
   queue, with a warning at 20 hours; elapsed time, 365 days a year.
@@ -6,6 +6,9 @@
   local time of day, with a warning 2 days before. In working-day mode it is due at the end of the 8th
   working day after the day of receipt (weekends and Danish public holidays do not count), with the
   warning at the end of the 6th.
+- A joint pathway's meetings (seed 003 5.4-5.5): the start-up meeting within 28 calendar days of the
+  decision, the first follow-up within 42 days of the start-up meeting, each later one at the date the
+  last meeting agreed; warned 7 days before, at the same local time of day.
 
 A local time that does not exist (the spring change skips 02:00-03:00) is read with the offset from
 before the change, i.e. one hour later on the clock; one that exists twice (autumn) is the first.
@@ -66,6 +69,19 @@ class Rules:
     handling_days: int = HANDLING_DAYS
     handling_warning_days: int = 2
     working_days: bool = False
+    startup_meeting_days: int = 28
+    follow_up_meeting_days: int = 42
+    meeting_warning_days: int = 7
+
+    def meeting(self, start: datetime, days: int) -> tuple[datetime, datetime]:
+        """(warning, due) for a meeting due `days` calendar days after `start`."""
+        due = calendar_days_after(start, days)
+        return calendar_days_after(due, -self.meeting_warning_days), due
+
+    def agreed_meeting(self, day: date) -> tuple[datetime, datetime]:
+        """(warning, due) for a meeting agreed for `day`: due at the end of that Danish day."""
+        due = _local(datetime.combine(day + timedelta(days=1), time()))
+        return calendar_days_after(due, -self.meeting_warning_days), due
 
     def handling(self, received_at: datetime) -> tuple[datetime, datetime]:
         """(warning, due) for a referral the mailbox accepted at `received_at`."""
@@ -97,6 +113,9 @@ def rulebook(settings: DeadlineSettings) -> RuleBook:
             s.handling_days,
             s.handling_warning_days,
             s.working_days,
+            s.startup_meeting_days,
+            s.follow_up_meeting_days,
+            s.meeting_warning_days,
         )
 
     return RuleBook(rules(settings), {code: rules(s) for code, s in settings.municipality.items()})

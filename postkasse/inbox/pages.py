@@ -15,13 +15,16 @@ from postkasse.committee.actions import (
     MAX_ID,
     DeadlineException,
     Decision,
+    Explanation,
     InternalNote,
     MessageToSender,
     Refused,
 )
 from postkasse.committee.sessions import Session
-from postkasse.inbox import guard, words
+from postkasse.inbox import guard, meeting_form, words
 from postkasse.inbox.context import of
+from postkasse.pathway import printed
+from postkasse.pathway.plan import Meeting
 
 router = APIRouter(include_in_schema=False)
 
@@ -94,11 +97,16 @@ def _referral_page(request: Request, found: dict[str, Any], status: int = 200, *
     own = inbox.rules.for_municipality(found["municipality"])
     context.setdefault("errors", {})
     context.setdefault("failed", "")
+    pathway = found.get("pathway")
+    last = pathway["meetings"][-1] if pathway and pathway["meetings"] else None
     return inbox.page(
         request,
         "referral.html",
         status=status,
         referral=found,
+        plan_lines=meeting_form.as_lines(
+            last["plan"] if last else None, last["participants"] if last else []
+        ),
         badges=views.detail_badges(found, inbox.clock.now(), own),
         viewable=VIEWABLE,
         **context,
@@ -207,7 +215,59 @@ def decide(request: Request, session: guard.Who, form: guard.Form, referral_id: 
         session,
         referral_id,
         "afgoerelse",
-        lambda: actions.decide(session.user.principal(), referral_id, _form(Decision, form)),
+        lambda: actions.decide(session.user.principal(), referral_id, _decision(form)),
+    )
+
+
+def _decision(form: dict[str, str]) -> Decision:
+    body: dict[str, Any] = {k: v for k, v in form.items() if v.strip() and not k.startswith("responsible_")}
+    if form.get("outcome") == "joint_pathway":
+        body["responsible"] = meeting_form.responsible(form)
+    result: Decision = Decision.model_validate(body)
+    return result
+
+
+@router.post("/henvendelser/{referral_id}/moede")
+def meeting(request: Request, session: guard.Who, form: guard.Form, referral_id: ReferralId) -> Response:
+    committee(session)
+    actions = of(request).actions
+    return _act(
+        request,
+        session,
+        referral_id,
+        "moede",
+        lambda: actions.record_meeting(
+            session.user.principal(), referral_id, Meeting.model_validate(meeting_form.meeting(form))
+        ),
+    )
+
+
+@router.post("/henvendelser/{referral_id}/forklaring")
+def explanation(request: Request, session: guard.Who, form: guard.Form, referral_id: ReferralId) -> Response:
+    committee(session)
+    actions = of(request).actions
+    body = {"deadline": "follow_up_meeting", "text": form.get("text", "")}
+    return _act(
+        request,
+        session,
+        referral_id,
+        "forklaring",
+        lambda: actions.explain(session.user.principal(), referral_id, Explanation.model_validate(body)),
+    )
+
+
+@router.get("/henvendelser/{referral_id}/handleplan.pdf")
+def plan_pdf(request: Request, session: guard.Who, referral_id: ReferralId) -> Response:
+    """The newest action plan, printable for the family."""
+    committee(session)
+    found = of(request).actions.plan(session.user.principal(), referral_id)
+    return Response(
+        printed.pdf(found),
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": disposition("inline", f"handleplan-{found.reference}.pdf"),
+            "Content-Security-Policy": PDF_POLICY,
+        },
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from postkasse.committee.referrals import EXCEPTIONS, RETURN_REASONS
+from postkasse.pathway.plan import MEETING_NAMES, RELATION_NAMES
 
 STATES = {"triage": "i triage", "new": "ny", "pulled": "taget", "handled": "behandlet"}
 OUTCOMES = {
@@ -24,7 +25,12 @@ FLAGS = {
     "outside_target_age": "uden for målgruppens alder",
 }
 LEVELS = {"ok": "i orden", "warning": "varsel", "breach": "overskredet", "stopped": "undtaget"}
-DEADLINES = {"emptying": "daglig tømning", "handling": "behandling (8 dage)"}
+DEADLINES = {
+    "emptying": "daglig tømning",
+    "handling": "behandling (8 dage)",
+    "startup_meeting": "opstartsmøde (fælles forløb)",
+    "follow_up_meeting": "opfølgningsmøde (fælles forløb)",
+}
 HISTORY = {
     "routed": "sorteret til kommunens kø",
     "triaged": "sendt til manuel sortering (triage)",
@@ -39,6 +45,10 @@ HISTORY = {
     "read_attachment": "bilag hentet",
     "message_sender": "svar sendt til afsender",
     "return_not_sent": "tilbagevisning kunne ikke sendes (ingen adresse)",
+    "meeting": "møde registreret med handleplan",
+    "explanation": "skriftlig forklaring givet",
+    "read_plan": "handleplan læst",
+    "read_meetings": "møder læst",
 }
 MAIL_KINDS = {
     "receipt": "kvittering",
@@ -55,6 +65,8 @@ DONE = {
     "afgoerelse": "Afgørelsen er gemt.",
     "undtagelse": "Undtagelsen er gemt; behandlingsfristen er stoppet.",
     "tildelt": "Henvendelsen er tildelt kommunen og ligger nu i dens kø.",
+    "moede": "Mødet og handleplanen er gemt.",
+    "forklaring": "Forklaringen er gemt; fristen for opfølgningsmødet er stoppet.",
 }
 # What did not happen, above the reasons why.
 FAILED = {
@@ -63,6 +75,8 @@ FAILED = {
     "note": "Noten blev ikke gemt",
     "afgoerelse": "Afgørelsen blev ikke gemt",
     "undtagelse": "Undtagelsen blev ikke gemt",
+    "moede": "Mødet blev ikke gemt",
+    "forklaring": "Forklaringen blev ikke gemt",
 }
 # A refusal in the user's language; the API's English sentence is the fallback.
 REFUSALS = {
@@ -86,4 +100,6 @@ TEMPLATE_GLOBALS = {
     "RETURN_REASONS": RETURN_REASONS,
     "EXCEPTIONS": EXCEPTIONS,
     "FAILED": FAILED,
+    "MEETING_NAMES": MEETING_NAMES,
+    "RELATION_NAMES": RELATION_NAMES,
 }

@@ -124,6 +124,10 @@ ALERT_SUBJECTS = {
     ("handling", "breach"): "Frist overskredet: henvendelsen er ikke behandlet",
     ("urgent", "urgent"): "Haster: ny henvendelse markeret akut",
     ("urgent", "triage"): "Haster: akut henvendelse venter på manuel sortering",
+    ("startup_meeting", "warning"): "Varsel: opstartsmødet i et fælles forløb nærmer sig",
+    ("startup_meeting", "breach"): "Frist overskredet: opstartsmødet er ikke holdt",
+    ("follow_up_meeting", "warning"): "Varsel: opfølgningsmødet i et fælles forløb nærmer sig",
+    ("follow_up_meeting", "breach"): "Frist overskredet: opfølgningsmødet er ikke holdt",
 }
 ALERT_TEXT = {
     ("emptying", "warning"): "Henvendelsen er ikke hentet fra postkassen. Postkassen skal tømmes dagligt; "
@@ -135,8 +139,29 @@ ALERT_TEXT = {
     ("urgent", "urgent"): "Afsenderen har markeret henvendelsen som akut. Hent og læs den nu.",
     ("urgent", "triage"): "Afsenderen har markeret henvendelsen som akut, men den kunne ikke sorteres "
     "automatisk. Tildel den en kommune nu.",
+    (
+        "startup_meeting",
+        "warning",
+    ): "Det fælles forpligtende forløb skal have holdt opstartsmøde senest {due}.",
+    (
+        "startup_meeting",
+        "breach",
+    ): "Det fælles forpligtende forløb skulle have holdt opstartsmøde senest {due}; fristen er overskredet.",
+    ("follow_up_meeting", "warning"): "Det fælles forpligtende forløb skal have holdt opfølgningsmøde "
+    "senest {due}.",
+    (
+        "follow_up_meeting",
+        "breach",
+    ): "Det fælles forpligtende forløb skulle have holdt opfølgningsmøde senest "
+    "{due}; fristen er overskredet. Holdes mødet ikke, skal der foreligge en skriftlig forklaring.",
 }
-DEADLINE_NAMES = {"emptying": "daglig tømning", "handling": "behandlingsfrist", "urgent": "akut"}
+DEADLINE_NAMES = {
+    "emptying": "daglig tømning",
+    "handling": "behandlingsfrist",
+    "urgent": "akut",
+    "startup_meeting": "opstartsmøde",
+    "follow_up_meeting": "opfølgningsmøde",
+}
 
 
 def alert(

@@ -246,14 +246,79 @@ deadline_alerts = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("referral_id", Id, ForeignKey("referrals.id"), nullable=False),
-    Column("deadline", String(16), nullable=False, comment="emptying | handling | urgent"),
+    Column(
+        "deadline",
+        String(24),
+        nullable=False,
+        comment="emptying | handling | urgent | startup_meeting | follow_up_meeting",
+    ),
     Column("level", String(16), nullable=False, comment="warning | breach; urgent | triage for urgent"),
     Column("municipality", String(4), nullable=False, comment="the queue alerted; empty: operations only"),
     Column("due_at", UTCDateTime, nullable=True),
     Column("raised_at", UTCDateTime, nullable=False),
     Column("resolved_at", UTCDateTime, nullable=True, comment="set when the condition cleared"),
-    UniqueConstraint("referral_id", "deadline", "level", "municipality"),
+    Column(
+        "cycle",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="which round of a repeating deadline: a pathway's n-th meeting; 0 for the others",
+    ),
+    UniqueConstraint("referral_id", "deadline", "cycle", "level", "municipality"),
     Index(None, "resolved_at"),
+)
+
+# A joint pathway ("fælles forpligtende forløb"): its meetings, each with the action plan as it stood after
+# it, and the meeting deadline that runs now (one at a time: the start-up meeting, then each follow-up).
+pathways = Table(
+    "pathways",
+    metadata,
+    Column("referral_id", Id, ForeignKey("referrals.id"), primary_key=True),
+    Column("municipality", String(4), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("responsible", JSON, nullable=False, comment="indsatsansvarlig: name, title, telephone"),
+    Column("started_at", UTCDateTime, nullable=False, comment="when the committee decided the pathway"),
+    Column("closed_at", UTCDateTime, nullable=True),
+    Column("meetings_held", Integer, nullable=False, server_default="0"),
+    Column(
+        "deadline", String(24), nullable=True, comment="startup_meeting | follow_up_meeting; null: none runs"
+    ),
+    Column("warn_at", UTCDateTime, nullable=True),
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("state IN ('active', 'closed')", name="state"),
+    Index(None, "state", "warn_at"),
+)
+
+meetings = Table(
+    "meetings",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("referral_id", Id, ForeignKey("pathways.referral_id"), nullable=False),
+    Column("kind", String(16), nullable=False, comment="opstart | opfoelgning | afslutning"),
+    Column("held_at", UTCDateTime, nullable=False),
+    Column("place", Text, nullable=False),
+    Column("participants", JSON, nullable=False),
+    Column("responsible", JSON, nullable=False, comment="the responsible professional named in this plan"),
+    Column("plan", JSON, nullable=False, comment="the action plan as it stood after the meeting"),
+    Column("due_at", UTCDateTime, nullable=True, comment="the meeting deadline that ran when it was held"),
+    Column("recorded_by", Text, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    CheckConstraint("kind IN ('opstart', 'opfoelgning', 'afslutning')", name="kind"),
+    Index(None, "referral_id", "id"),
+)
+
+pathway_explanations = Table(
+    "pathway_explanations",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("referral_id", Id, ForeignKey("pathways.referral_id"), nullable=False),
+    Column("deadline", String(24), nullable=False),
+    Column("due_at", UTCDateTime, nullable=True, comment="the due time explained"),
+    Column("text", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "referral_id", "id"),
 )
 
 periodic_runs = Table(
