@@ -1,4 +1,4 @@
-"""The mails postkasse writes: receipts (automatic) and committee messages (written by a person).
+"""The mails postkasse writes: receipts (automatic), committee messages and forwards (written by a person).
 
 Receipts say where the message went and when it is due, in words a clinician understands, with a short
 English line; they never carry a CPR number, a name or the original subject. The values taken from the
@@ -8,8 +8,9 @@ control character in them must not break the header (or fail the mail for good).
 
 from __future__ import annotations
 
+import base64
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
@@ -114,6 +115,93 @@ def committee_message(
         "emnefeltet, så kommer svaret med på sagen."
     )
     mail.set_content(text.rstrip() + footer + "\n")
+    return mail
+
+
+# A CPR number (or a replacement number) in free text: six digits, an optional dash, four more.
+_CPR_IN_TEXT = re.compile(r"(?<![\dA-Za-z])\d{6} ?-? ?[0-9A-Z]{4}(?![\dA-Za-z])")
+_DIRECTIONS = {"to_sender": "Til afsender", "from_sender": "Fra afsender"}
+
+
+def _without_cpr(text: str) -> str:
+    return _CPR_IN_TEXT.sub("[CPR-nr. udeladt]", text)
+
+
+def _thread_time(when_iso: str) -> str:
+    moment = datetime.fromisoformat(when_iso)
+    return _local(moment if moment.tzinfo else moment.replace(tzinfo=UTC))  # the store keeps UTC
+
+
+def _original_part(original: bytes, reference: str) -> EmailMessage:
+    """The original message as message/rfc822, byte for byte.
+
+    Always base64: RFC 2046 allows message/rfc822 only 7bit, 8bit or binary, but incoming mail may hold
+    lines over 998 octets, bare CR or LF and NUL, which no identity encoding carries through SMTP, and
+    the email package would re-serialise a parsed message (and change its bytes). Base64 is accepted by
+    the common mail clients and gives back exactly what came in. The payload is stored as text, so the
+    generator writes it as it is; its lines end in CRLF as the mail leaves (policy SMTP)."""
+    name = f"henvisning-{reference}.eml"
+    part = EmailMessage()  # a MIMEPart (no MIME-Version); typeshed wants EmailMessage for attach()
+    part["Content-Type"] = f'message/rfc822; name="{name}"'
+    part["Content-Disposition"] = f'attachment; filename="{name}"'
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(base64.encodebytes(original).decode("ascii").replace("\n", "\r\n"))
+    return part
+
+
+def forward(
+    *,
+    from_address: str,
+    to: str,
+    reference: str,
+    committee: str,
+    unit: str,
+    note: str | None,
+    due: datetime | None,
+    original: bytes,
+    thread: list[tuple[str, str, str]],
+    plan_pdf: bytes | None,
+) -> EmailMessage:
+    """The committee forwards a referral to the municipal unit that takes it over (e.g. PPR): a cover
+    letter, the original message unchanged and the action plan as PDF when there is one.
+
+    It is the committee's act, like `committee_message`, so it is not marked Auto-Submitted. It goes to
+    the unit's secure mail address; the attachments carry the personal data, the cover letter does not
+    repeat a CPR number (one in the note or the thread is left out). `thread` holds (when, direction,
+    text) with direction "to_sender" or "from_sender"; a time without a zone is UTC."""
+    mail = _base(from_address, to, f"Videresendt henvisning [{reference}] fra {committee}", None)
+    lines = [
+        f"{committee} har videresendt en henvisning til {unit} via den fælles digitale postkasse for børn og "
+        "unge i psykisk mistrivsel.",
+        "",
+        f"Reference: {reference}",
+    ]
+    if due is not None:
+        lines.append(f"Henvendelsen skal være behandlet senest {_local(due)}.")
+    if note is not None and note.strip():
+        lines += ["", f"Bemærkning fra {committee}:", _without_cpr(note.strip())]
+    lines += ["", f"Den oprindelige henvendelse er vedhæftet uændret (henvisning-{reference}.eml)."]
+    if plan_pdf is not None:
+        lines.append(f"Handleplanen er vedhæftet som PDF (handleplan-{reference}.pdf).")
+    if thread:
+        lines += ["", "Korrespondancen med afsenderen indtil nu:"]
+        for when_iso, direction, text in thread:
+            if direction not in _DIRECTIONS:
+                raise ValueError(f"unknown thread direction {direction!r}")
+            lines += ["", f"{_DIRECTIONS[direction]}, {_thread_time(when_iso)}:", _without_cpr(text.rstrip())]
+    else:
+        lines += ["", "Der har ikke været korrespondance med afsenderen."]
+    footer = (
+        f"\n\n-- \nSendt via den fælles digitale postkasse på vegne af {committee}. Behold [{reference}] i "
+        "emnefeltet, hvis du svarer."
+    )
+    mail.set_content("\n".join(lines) + footer + "\n")
+    mail.make_mixed()
+    mail.attach(_original_part(original, reference))
+    if plan_pdf is not None:
+        mail.add_attachment(
+            plan_pdf, maintype="application", subtype="pdf", filename=f"handleplan-{reference}.pdf"
+        )
     return mail
 
 
