@@ -69,7 +69,16 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse.routing.municipalities import Municipalities
+
+    try:
+        municipalities = Municipalities.load(settings.routing.municipalities_file)
+    except ValueError as exc:
+        print(f"postkasse check-config: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(settings.masked(), indent=2, ensure_ascii=False))
+    units = sum(len(m.units) for m in municipalities.by_code.values())
+    print(f"municipalities: {len(municipalities)}, units to forward to: {units}", file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, func, select
 
 from postkasse import errors, logs
 from postkasse.clock import Clock
+from postkasse.committee import forwarding
 from postkasse.deadlines.alerts import last_check
 from postkasse.deadlines.assess import assess
 from postkasse.deadlines.rules import RuleBook
@@ -93,6 +94,18 @@ class StoreGauges(Collector):
         for (code, state), count in sorted(by_state.items()):
             queue.add_metric([code, state], count)
         yield queue
+
+        undelivered = GaugeMetricFamily(
+            "postkasse_forwards_undelivered",
+            "Referrals forwarded to a unit that never got them: no address, or refused for good",
+            labels=["municipality"],
+        )
+        stuck = {code: 0 for code in self.codes}
+        for forward in forwarding.undelivered(conn):
+            stuck[forward["municipality"]] = stuck.get(forward["municipality"], 0) + 1
+        for code, count in sorted(stuck.items()):
+            undelivered.add_metric([code], count)
+        yield undelivered
 
         found = assess(conn, now, self.rules, self.codes)
         oldest = GaugeMetricFamily(

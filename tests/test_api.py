@@ -365,6 +365,9 @@ def test_committee_tokens_cannot_use_ops_routes(world: World) -> None:
 # table, so this test fails until someone decides how it is scoped.
 SCOPED = {
     ("GET", "/api/v1/municipalities/{code}/referrals"): 404,
+    ("GET", "/api/v1/municipalities/{code}/units"): 404,
+    ("POST", "/api/v1/referrals/{referral_id}/transfer"): 404,
+    ("POST", "/api/v1/triage/mail/{mail_id}/retry"): 403,
     ("GET", "/api/v1/referrals/{referral_id}"): 404,
     ("GET", "/api/v1/referrals/{referral_id}/raw"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/pull"): 404,
@@ -397,6 +400,7 @@ BODIES = {
     "exception": {"reason": "medical_reason", "note": "x"},
     "meetings": {"kind": "opstart", "held_at": "2026-04-01T10:00:00+02:00"},
     "explanations": {"deadline": "follow_up_meeting", "text": "x"},
+    "transfer": {"municipality": "0710", "reason": "moved", "note": "x"},
 }
 
 
@@ -411,7 +415,7 @@ def test_no_route_lets_one_municipality_see_another(world: World) -> None:
     assert routes == set(SCOPED), "classify every new API route in SCOPED"
     for (method, path), refused in SCOPED.items():
         url = path.replace("{code}", "0751").replace("{referral_id}", str(world.ids["aarhus"]))
-        url = url.replace("{message_id}", "1").replace("{answer_id}", "1")
+        url = url.replace("{message_id}", "1").replace("{answer_id}", "1").replace("{mail_id}", "1")
         body = BODIES.get(path.rsplit("/", 1)[-1])
         for who in ("favrskov", "ops") if (method, path) in SENDER_ROUTES else ("favrskov", "sender"):
             response = world.call(method, url, who, json=body)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from postkasse import cli
-from postkasse.config import ConfigError, load
+from postkasse.config import DEFAULT_MUNICIPALITIES, ConfigError, load
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "postkasse.toml"
 
@@ -99,3 +99,27 @@ def test_check_config_fails_with_a_clear_message(tmp_path: Path, capsys: pytest.
     assert cli.main(["--config", str(path), "check-config"]) == 2
     err = capsys.readouterr().err
     assert "smtp.port" in err and "less than or equal to 65535" in err
+
+
+@pytest.mark.parametrize(
+    ("unit", "complaint"),
+    [
+        ('id = "PPR X"\nname = "PPR"', "is not lower-case"),
+        ('id = "ppr"\nname = ""', "needs a name"),
+        ('id = "ppr"\nname = "PPR"\naddress = "ppr at favrskov"', "is not a mail address"),
+        ('id = "ppr"\nname = "PPR"\n\n[[municipality.unit]]\nid = "ppr"\nname = "PPR 2"', "listed twice"),
+    ],
+)
+def test_check_config_refuses_a_unit_it_could_not_forward_to(
+    tmp_path: Path, unit: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = DEFAULT_MUNICIPALITIES.read_text(encoding="utf-8").replace(
+        'code = "0710"\nname = "Favrskov Kommune"\nregion = 1082\n',
+        f'code = "0710"\nname = "Favrskov Kommune"\nregion = 1082\n\n[[municipality.unit]]\n{unit}\n',
+    )
+    municipalities = tmp_path / "municipalities.toml"
+    municipalities.write_text(text, encoding="utf-8")
+    config = tmp_path / "postkasse.toml"
+    config.write_text(f'[routing]\nmunicipalities_file = "{municipalities}"\n', encoding="utf-8")
+    assert cli.main(["--config", str(config), "check-config"]) == 2
+    assert complaint in capsys.readouterr().err

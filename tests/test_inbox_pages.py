@@ -300,3 +300,22 @@ def test_a_joint_pathway_is_decided_and_its_meetings_recorded_in_the_browser(web
     pdf = browser.get(f"/henvendelser/{referral}/handleplan.pdf")
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
     assert member(web, "bo", "0751").get(f"/henvendelser/{referral}/handleplan.pdf").status_code == 404
+
+
+def test_a_referral_is_transferred_from_the_referral_page(web: Site) -> None:
+    referral = add_referral(web.store, "0710")
+    anna = member(web)
+    page = anna.get(f"/henvendelser/{referral}").text
+    assert "Overfør til anden kommune" in page and 'value="0751"' in page
+    missing = anna.post(f"/henvendelser/{referral}/overfoer", {"municipality": "0751", "reason": "moved"})
+    assert missing.status_code == 422 and "Henvendelsen blev ikke overført" in missing.text
+    moved = anna.post(
+        f"/henvendelser/{referral}/overfoer", {"municipality": "0751", "reason": "moved", "note": "Flyttet."}
+    )
+    assert (moved.status_code, moved.headers["location"]) == (303, "/indbakke?ok=overfoert")
+    assert "overført til den anden kommune" in anna.get(moved.headers["location"]).text
+    assert anna.get(f"/henvendelser/{referral}").status_code == 404
+    bo = member(web, "bo", "0751")
+    assert f"PK-{referral:06d}" in bo.get("/indbakke").text
+    page = bo.get(f"/henvendelser/{referral}").text
+    assert "Overført fra kommune 0710 til 0751" in page and "barnet er flyttet" in page and "Flyttet." in page

@@ -15,17 +15,29 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import Connection, select
 
+from postkasse import kinds
 from postkasse.clock import Clock
-from postkasse.committee import audit, correspondence, pathways, referrals, triage, views
+from postkasse.committee import (
+    audit,
+    correspondence,
+    forwarding,
+    pathways,
+    referrals,
+    transfers,
+    triage,
+    views,
+)
 from postkasse.committee.stats import Statistics, statistics
 from postkasse.committee.tokens import Principal
 from postkasse.deadlines import assess
 from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox import content
+from postkasse.pathway import printed
 from postkasse.pathway.plan import ActionPlan, Meeting, Responsible
 from postkasse.pipeline import Next, Pipeline
+from postkasse.receipts import outgoing
 from postkasse.reference import reference
-from postkasse.routing.municipalities import Municipalities
+from postkasse.routing.municipalities import Municipalities, Unit
 from postkasse.store import Store
 from postkasse.store.schema import messages
 from postkasse.store.schema import referrals as referrals_table
@@ -78,6 +90,20 @@ class Decision(BaseModel):
                 "responsible: a joint pathway names its responsible professional (indsatsansvarlig): "
                 "name, title and telephone"
             )
+        return self
+
+
+class Transfer(BaseModel):
+    municipality: str = Field(..., pattern=r"^\d{4}$", description="the municipality that takes it over")
+    reason: Literal["moved", "wrong_municipality"] = Field(
+        ..., description="moved: the child has moved; wrong_municipality: it belonged elsewhere"
+    )
+    note: str = Field(..., min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _note(self) -> Transfer:
+        if not self.note.strip():
+            raise ValueError("note: say why, for the receiving committee")
         return self
 
 
@@ -318,10 +344,44 @@ class Actions:
         assert found is not None
         return found
 
+    def units(self, who: Principal, code: str) -> list[dict[str, Any]]:
+        """The units a committee can forward to, from municipalities.toml."""
+        known = self.municipalities.get(code)
+        if known is None or not who.sees(code):
+            raise Refused(404, "not_found", "No such municipality.")
+        return [
+            {"id": u.id, "name": u.name, "kind": u.kind, "can_receive": u.address is not None}
+            for u in known.units
+        ]
+
+    def _unit(self, who: Principal, referral_id: int, decision: Decision) -> tuple[Unit | None, bytes | None]:
+        """The unit a forward names, and the plan's PDF to send it; checked before anything is written."""
+        if decision.outcome != "forwarded":
+            return None, None
+        with self.store.read() as conn:
+            row = self._visible(conn, who, referral_id)
+            plan = pathways.plan(conn, referral_id, self.municipalities)
+        known = self.municipalities.get(row.municipality or "")
+        if known is None or not known.units:
+            return None, None  # no units configured: the unit is recorded as a word, as before
+        unit = known.unit(decision.unit or "")
+        if unit is None:
+            raise Refused(
+                422,
+                "invalid_request",
+                f"unit: {row.municipality} has no unit with that id; "
+                f"GET /api/v1/municipalities/{row.municipality}/units lists them.",
+            )
+        return unit, printed.pdf(plan) if plan is not None and unit.address else None
+
     def decide(self, who: Principal, referral_id: int, decision: Decision) -> dict[str, Any]:
-        """Forwarded to a unit, returned with a reason (the sender is told), a joint pathway, or closed."""
+        """Forwarded to a unit (which is sent the referral), returned with a reason (the sender is told), a
+        joint pathway, or closed."""
         now = self.clock.now()
-        detail = decision.unit if decision.outcome == "forwarded" else decision.reason
+        unit, plan_pdf = self._unit(who, referral_id, decision)
+        detail = (
+            (unit.name if unit else decision.unit) if decision.outcome == "forwarded" else decision.reason
+        )
         work: list[Next] = []
         with self.store.write() as conn:
             row = self._visible(conn, who, referral_id)
@@ -340,20 +400,64 @@ class Actions:
             audit.record(conn, who.name, "decide", referral_id, now, outcome=decision.outcome)
             if decision.outcome == "joint_pathway" and decision.responsible is not None:
                 pathways.start(conn, referral_id, row.municipality, decision.responsible, now, self.rules)
+            committee = self.committee_name(row.municipality)
+            if unit is not None:
+                follow = forwarding.forward(
+                    conn, referral_id, unit, decision.note, committee, self.from_address, now, plan_pdf
+                )
+                work += self.pipeline.add(conn, follow, now)
+                text = correspondence.forwarded_text(reference(referral_id), committee, unit.kind)
+                work += self._tell_sender(conn, who, referral_id, text, committee, now, "sender_not_told")
             if decision.outcome == "returned" and decision.reason:
-                committee = self.committee_name(row.municipality)
                 text = correspondence.returned_text(reference(referral_id), committee, decision.reason)
-                try:
-                    follow = correspondence.write_to_sender(
-                        conn, referral_id, text, who.name, self.from_address, now, committee, self.medcom
-                    )
-                    work = self.pipeline.add(conn, follow, now)
-                except correspondence.SenderUnreachable:
-                    audit.record(conn, who.name, "return_not_sent", referral_id, now, why="no return address")
+                work += self._tell_sender(conn, who, referral_id, text, committee, now, "return_not_sent")
             found = views.detail(conn, referral_id)
         self.dispatch(work)
         assert found is not None
         return found
+
+    def _tell_sender(
+        self,
+        conn: Connection,
+        who: Principal,
+        referral_id: int,
+        text: str,
+        committee: str,
+        now: Any,
+        unreachable: str,
+    ) -> list[Next]:
+        """A short message to the sender about what became of the referral; none without a return address."""
+        try:
+            follow = correspondence.write_to_sender(
+                conn, referral_id, text, who.name, self.from_address, now, committee, self.medcom
+            )
+        except correspondence.SenderUnreachable:
+            audit.record(conn, who.name, unreachable, referral_id, now, why="no return address")
+            return []
+        return self.pipeline.add(conn, follow, now)
+
+    def transfer(self, who: Principal, referral_id: int, body: Transfer) -> dict[str, Any]:
+        """Move the referral to another municipality's queue (or to triage when it does not take part);
+        the sender is told where it went. The first committee sees it no more."""
+        to = self.municipalities.get(body.municipality)
+        if to is None:
+            raise Refused(422, "invalid_request", "municipality: no municipality has that code.")
+        now = self.clock.now()
+        with self.store.write() as conn:
+            row = self._visible(conn, who, referral_id)
+            state = _change(
+                lambda: transfers.transfer(
+                    conn, referral_id, to, body.reason, body.note, who.name, now, self.rules
+                )
+            )
+            audit.record(
+                conn, who.name, "transfer", referral_id, now, to=to.code, reason=body.reason, state=state
+            )
+            committee = self.committee_name(row.municipality)
+            text = correspondence.transferred_text(reference(referral_id), self.committee_name(to.code))
+            work = self._tell_sender(conn, who, referral_id, text, committee, now, "sender_not_told")
+        self.dispatch(work)
+        return {"reference": reference(referral_id), "municipality": to.code, "state": state}
 
     def record_exception(self, who: Principal, referral_id: int, body: DeadlineException) -> dict[str, Any]:
         """Stop the handling clock: an authority case or a medical reason, with a note."""
@@ -450,7 +554,19 @@ class Actions:
         with self.store.read() as conn:
             waiting = [t.as_json() for t in triage.waiting(conn)]
             failed = correspondence.failed_mail(conn)
-        return {"referrals": waiting, "failed_mail": failed}
+            undelivered = forwarding.undelivered(conn)
+        return {"referrals": waiting, "failed_mail": failed, "undelivered_forwards": undelivered}
+
+    def retry_mail(self, who: Principal, outgoing_id: int) -> None:
+        """Operations send a mail that failed for good once more, through the same `send` step."""
+        _ops(who)
+        now = self.clock.now()
+        with self.store.write() as conn:
+            if not outgoing.retry(conn, outgoing_id, now):
+                raise Refused(409, "invalid_state", "Only a mail that failed can be sent again.")
+            audit.record(conn, who.name, "retry_mail", None, now, mail=outgoing_id)
+            work = self.pipeline.add(conn, [(kinds.SEND, outgoing_id)], now)
+        self.dispatch(work)
 
     def assign(self, who: Principal, referral_id: int, body: Assignment) -> None:
         """Send a triaged referral to a municipality's queue, with a note saying why."""

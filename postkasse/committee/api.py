@@ -34,6 +34,7 @@ from postkasse.committee.actions import (
     MessageToSender,
     QueueState,
     Refused,
+    Transfer,
 )
 from postkasse.committee.audit import AuditLog
 from postkasse.committee.correspondence import MedcomWriter
@@ -121,6 +122,11 @@ def create_router(api: Api) -> APIRouter:
         items = [views.summary(r) for r in act.queue(who, code, state, cursor, limit)]
         return JSONResponse({"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None})
 
+    @router.get("/municipalities/{code}/units", tags=["committee"])
+    def list_units(code: str, who: Caller) -> JSONResponse:
+        """The municipality's units a referral can be forwarded to (`unit` in a `forwarded` decision)."""
+        return JSONResponse({"items": act.units(who, code)})
+
     @router.get("/referrals/{referral_id}", tags=["committee"])
     def get_referral(referral_id: ReferralId, who: Caller) -> JSONResponse:
         """The referral: facts, routing reasons, sender, attachments, thread and deadline."""
@@ -144,6 +150,13 @@ def create_router(api: Api) -> APIRouter:
     def decide(referral_id: ReferralId, decision: Decision, who: Caller) -> dict[str, Any]:
         """Forwarded to a unit, returned with a reason, a joint pathway started, or closed."""
         return act.decide(who, referral_id, decision)
+
+    @router.post("/referrals/{referral_id}/transfer", tags=["committee"])
+    def transfer(referral_id: ReferralId, body: Transfer, who: Caller) -> dict[str, Any]:
+        """Move the referral to another municipality: `moved` or `wrong_municipality`, with a note. It
+        arrives there as new (in triage when that municipality does not take part); this committee
+        sees it no more."""
+        return act.transfer(who, referral_id, body)
 
     @router.post("/referrals/{referral_id}/exception", tags=["committee"])
     def record_exception(referral_id: ReferralId, body: DeadlineException, who: Caller) -> dict[str, Any]:
@@ -300,6 +313,12 @@ def create_router(api: Api) -> APIRouter:
         """Refuses other tokens before the query is validated, so they learn nothing from a 422."""
         if who.scope != "ops":
             raise OPS_ONLY
+
+    @router.post("/triage/mail/{mail_id}/retry", tags=["operations"], status_code=202)
+    def retry_mail(mail_id: Annotated[int, Path(ge=1, le=MAX_ID)], who: Caller) -> dict[str, Any]:
+        """Send a mail that failed for good once more (after the relay or the address is fixed)."""
+        act.retry_mail(who, mail_id)
+        return {"status": "queued", "id": mail_id}
 
     @router.get("/stats", tags=["operations"], dependencies=[Depends(ops_scope)])
     def get_stats(

@@ -184,3 +184,20 @@ def returned_text(reference_text: str, committee: str, reason: str) -> str:
         f"Henvisningen {reference_text} er tilbagevist af {committee}.\n\nBegrundelse: {reason.strip()}\n\n"
         f"The referral {reference_text} has been returned; the reason is given above."
     )
+
+
+def forwarded_text(reference_text: str, committee: str, unit_kind: str) -> str:
+    """What the sender is told of a forward: the reference and the kind of unit, nothing about the child."""
+    unit = f"kommunens {unit_kind}" if unit_kind else "den rette enhed i kommunen"
+    return (
+        f"Henvisningen {reference_text} er videresendt af {committee} til {unit}, som har den herfra.\n\n"
+        f"The referral {reference_text} has been forwarded to the municipal unit that takes it over."
+    )
+
+
+def transferred_text(reference_text: str, receiving_committee: str) -> str:
+    """What the sender is told of a transfer: the reference and the committee that has it now."""
+    return (
+        f"Henvisningen {reference_text} er overført til {receiving_committee}, som behandler den herfra.\n\n"
+        f"The referral {reference_text} has been transferred to another municipality's committee."
+    )

@@ -123,7 +123,7 @@ def create(conn: Connection, new: NewReferral, now: datetime, actor: str = SYSTE
         )
         .returning(referrals.c.id)
     ).scalar_one()
-    _event(
+    event(
         conn,
         referral_id,
         now,
@@ -136,7 +136,7 @@ def create(conn: Connection, new: NewReferral, now: datetime, actor: str = SYSTE
     return referral_id
 
 
-def _event(
+def event(
     conn: Connection,
     referral_id: int,
     now: datetime,
@@ -181,7 +181,7 @@ def _move(
         if state is None:
             raise LookupError(f"no referral {referral_id}")
         raise TransitionError(f"referral {referral_id} is {state}; {action} needs {before}")
-    _event(conn, referral_id, now, actor, action, before, after, detail)
+    event(conn, referral_id, now, actor, action, before, after, detail)
 
 
 def assign(
@@ -275,19 +275,19 @@ def record_exception(
         if row.exception:
             raise TransitionError(f"referral {referral_id} already has the exception {row.exception}")
         raise TransitionError(f"referral {referral_id} is {row.state}; an exception needs new or pulled")
-    _event(conn, referral_id, now, actor, "exception", None, None, {"reason": reason, "note": note})
+    event(conn, referral_id, now, actor, "exception", None, None, {"reason": reason, "note": note})
 
 
 def note(conn: Connection, referral_id: int, text: str, now: datetime, actor: str) -> None:
     """A note for colleagues (intern note): part of the referral's history, never sent to anyone."""
     if not text.strip():
         raise ValueError("a note needs text")
-    _event(conn, referral_id, now, actor, "note", None, None, {"text": text})
+    event(conn, referral_id, now, actor, "note", None, None, {"text": text})
 
 
 def note_duplicate(conn: Connection, referral_id: int, message_id: int, now: datetime) -> None:
     """The same message arrived again: recorded on the first referral, never shown as a second one."""
-    _event(conn, referral_id, now, SYSTEM, "duplicate_received", None, None, {"message_id": message_id})
+    event(conn, referral_id, now, SYSTEM, "duplicate_received", None, None, {"message_id": message_id})
 
 
 def events(conn: Connection, referral_id: int) -> list[Any]:

@@ -25,6 +25,8 @@ Semantics, so the numbers mean the same to everyone who reads them:
   `pathways_started` joint pathways begun; `startup_meetings` and `startup_meetings_in_time` start-up
   meetings held, and of those held by their deadline; `follow_up_meetings` and
   `follow_up_meetings_in_time` likewise; `explanations` written explanations of a late follow-up;
+  `transferred_out_moved`, `transferred_out_wrong_municipality`: the cohort's transfers away from the
+  group's municipality, by reason; `transferred_in_moved`, `transferred_in_wrong_municipality`: to it;
   `handling_hours_p50` and `handling_hours_p90`: hours from `received_at` to `handled_at` over the handled
   referrals, nearest rank (the value at rank ceil(p * n) of the sorted list), rounded to 2 decimals,
   null when none is handled.
@@ -45,7 +47,14 @@ from sqlalchemy import ColumnElement, Connection, and_, case, func, or_, select
 from postkasse.clock import COPENHAGEN
 from postkasse.committee.referrals import RETURN_REASONS
 from postkasse.routing.municipalities import Municipalities
-from postkasse.store.schema import meetings, messages, pathway_explanations, pathways, referrals
+from postkasse.store.schema import (
+    meetings,
+    messages,
+    pathway_explanations,
+    pathways,
+    referrals,
+    transfers,
+)
 
 TRIAGE = "triage"
 PERCENTILES = (50, 90)
@@ -66,6 +75,10 @@ COUNTS = (
     "follow_up_meetings",
     "follow_up_meetings_in_time",
     "explanations",
+    "transferred_out_moved",
+    "transferred_out_wrong_municipality",
+    "transferred_in_moved",
+    "transferred_in_wrong_municipality",
 )
 CSV_COLUMNS = (
     "municipality",
@@ -119,6 +132,10 @@ class Tally:
     follow_up_meetings: int = 0
     follow_up_meetings_in_time: int = 0
     explanations: int = 0
+    transferred_out_moved: int = 0
+    transferred_out_wrong_municipality: int = 0
+    transferred_in_moved: int = 0
+    transferred_in_wrong_municipality: int = 0
     handling_hours: list[float] = field(default_factory=list)
 
     @property
@@ -282,6 +299,7 @@ def statistics(conn: Connection, start: date, end: date, municipalities: Municip
         tallies[(row.municipality, row.sender_kind)].handling_hours.append(hours)
 
     _pathways(conn, in_period, tallies)
+    _transfers(conn, in_period, tallies)
     count = conn.execute(
         select(func.count())
         .select_from(messages)
@@ -331,6 +349,23 @@ def _pathways(
         .group_by(*group)
     ):
         tallies[(row.municipality, row.sender_kind)].explanations += int(row.given)
+
+
+def _transfers(
+    conn: Connection, in_period: ColumnElement[bool], tallies: dict[tuple[str | None, str], Tally]
+) -> None:
+    """The cohort's transfers, out of and into each municipality, by reason."""
+    t = transfers.c
+    for direction, column in (("out", t.from_municipality), ("in", t.to_municipality)):
+        for row in conn.execute(
+            select(column.label("code"), referrals.c.sender_kind, t.reason, func.count().label("moved"))
+            .select_from(transfers.join(referrals, referrals.c.id == t.referral_id))
+            .where(in_period, t.reason.in_(("moved", "wrong_municipality")))
+            .group_by(column, referrals.c.sender_kind, t.reason)
+        ):
+            tally = tallies.setdefault((row.code, row.sender_kind), Tally())
+            name = f"transferred_{direction}_{row.reason}"
+            setattr(tally, name, getattr(tally, name) + int(row.moved))
 
 
 def _name(municipalities: Municipalities, code: str | None) -> str | None:

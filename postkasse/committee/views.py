@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, String, case, cast, func, select
 
 from postkasse.clock import COPENHAGEN
-from postkasse.committee import pathways
+from postkasse.committee import forwarding, pathways, transfers
 from postkasse.deadlines.badges import Badge, badge
 from postkasse.deadlines.rules import Rules
 from postkasse.mailbox import content
@@ -259,4 +259,8 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
         "notes": [{"at": n.at.isoformat(), "author": n.actor, "text": n.detail["text"]} for n in notes],
         "history": history(conn, referral_id),
         "pathway": pathways.summary(conn, referral_id) if row.outcome == "joint_pathway" else None,
+        "forward": {"unit": row.unit, "delivery": forwarding.delivery(conn, referral_id)}
+        if row.unit
+        else None,
+        "transfers": transfers.history(conn, referral_id) if row.transferred_from else [],
     }

@@ -97,7 +97,20 @@ def failed_mail(request: Request, session: guard.Who) -> Response:
     operations(session)
     inbox = of(request)
     found = inbox.actions.triage(session.user.principal())
-    return inbox.page(request, "ops_failed.html", mails=found["failed_mail"])
+    return inbox.page(
+        request,
+        "ops_failed.html",
+        mails=found["failed_mail"],
+        undelivered=found["undelivered_forwards"],
+        done=words.DONE.get(request.query_params.get("ok", "")),
+    )
+
+
+@router.post("/drift/fejlet-post/{mail_id}/igen")
+def retry(request: Request, session: guard.Who, form: guard.Form, mail_id: ReferralId) -> Response:
+    operations(session)
+    of(request).actions.retry_mail(session.user.principal(), mail_id)
+    return RedirectResponse("/drift/fejlet-post?ok=sendt-igen", status_code=303)
 
 
 def _period(request: Request) -> tuple[date, date]:

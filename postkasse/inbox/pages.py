@@ -19,6 +19,7 @@ from postkasse.committee.actions import (
     InternalNote,
     MessageToSender,
     Refused,
+    Transfer,
 )
 from postkasse.committee.sessions import Session
 from postkasse.inbox import guard, meeting_form, words
@@ -71,6 +72,7 @@ def queue(
     return inbox.page(
         request,
         "queue.html",
+        done=done(request),
         queue=found,
         tabs=TABS,
         municipality=municipality.name if municipality else code,
@@ -99,11 +101,14 @@ def _referral_page(request: Request, found: dict[str, Any], status: int = 200, *
     context.setdefault("failed", "")
     pathway = found.get("pathway")
     last = pathway["meetings"][-1] if pathway and pathway["meetings"] else None
+    here = inbox.municipalities.get(found["municipality"] or "")
     return inbox.page(
         request,
         "referral.html",
         status=status,
         referral=found,
+        units=here.units if here else (),
+        municipalities=sorted(inbox.municipalities.by_code.values(), key=lambda m: m.name),
         plan_lines=meeting_form.as_lines(
             last["plan"] if last else None, last["participants"] if last else []
         ),
@@ -254,6 +259,24 @@ def explanation(request: Request, session: guard.Who, form: guard.Form, referral
         "forklaring",
         lambda: actions.explain(session.user.principal(), referral_id, Explanation.model_validate(body)),
     )
+
+
+@router.post("/henvendelser/{referral_id}/overfoer")
+def transfer(request: Request, session: guard.Who, form: guard.Form, referral_id: ReferralId) -> Response:
+    """To another municipality: this committee sees it no more, so the answer is the queue."""
+    committee(session)
+    actions = of(request).actions
+    body = {key: form.get(key, "").strip() for key in ("municipality", "reason", "note")}
+    moved = _act(
+        request,
+        session,
+        referral_id,
+        "overfoer",
+        lambda: actions.transfer(session.user.principal(), referral_id, Transfer.model_validate(body)),
+    )
+    if moved.status_code == 303:
+        return RedirectResponse("/indbakke?ok=overfoert", status_code=303)
+    return moved
 
 
 @router.get("/henvendelser/{referral_id}/handleplan.pdf")

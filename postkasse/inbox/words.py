@@ -49,6 +49,7 @@ HISTORY = {
     "explanation": "skriftlig forklaring givet",
     "read_plan": "handleplan læst",
     "read_meetings": "møder læst",
+    "transfer": "overført til en anden kommune",
 }
 MAIL_KINDS = {
     "receipt": "kvittering",
@@ -56,6 +57,14 @@ MAIL_KINDS = {
     "alert": "fristadvarsel",
     "medcom_answer": "MedCom-kvittering",
     "urgent": "besked om hastesag",
+    "forward": "videresendelse til enhed",
+}
+TRANSFER_REASONS = {"moved": "barnet er flyttet", "wrong_municipality": "hører til en anden kommune"}
+DELIVERY = {
+    "sent": "sendt til enheden",
+    "pending": "på vej til enheden",
+    "failed": "IKKE LEVERET: afvist af mailserveren",
+    "no_address": "IKKE LEVERET: enheden har ingen adresse",
 }
 # What a page says after an action went well: the address carries only the key (`?ok=svar`).
 DONE = {
@@ -67,6 +76,8 @@ DONE = {
     "tildelt": "Henvendelsen er tildelt kommunen og ligger nu i dens kø.",
     "moede": "Mødet og handleplanen er gemt.",
     "forklaring": "Forklaringen er gemt; fristen for opfølgningsmødet er stoppet.",
+    "overfoert": "Henvendelsen er overført til den anden kommune, og afsenderen har fået besked.",
+    "sendt-igen": "Posten sendes igen.",
 }
 # What did not happen, above the reasons why.
 FAILED = {
@@ -77,6 +88,7 @@ FAILED = {
     "undtagelse": "Undtagelsen blev ikke gemt",
     "moede": "Mødet blev ikke gemt",
     "forklaring": "Forklaringen blev ikke gemt",
+    "overfoer": "Henvendelsen blev ikke overført",
 }
 # A refusal in the user's language; the API's English sentence is the fallback.
 REFUSALS = {
@@ -102,4 +114,6 @@ TEMPLATE_GLOBALS = {
     "FAILED": FAILED,
     "MEETING_NAMES": MEETING_NAMES,
     "RELATION_NAMES": RELATION_NAMES,
+    "TRANSFER_REASONS": TRANSFER_REASONS,
+    "DELIVERY": DELIVERY,
 }

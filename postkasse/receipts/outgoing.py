@@ -141,6 +141,17 @@ def mark(conn: Connection, outgoing_id: int, state: str, now: datetime, error: s
     )
 
 
+def retry(conn: Connection, outgoing_id: int, now: datetime) -> bool:
+    """A mail that failed for good gets another go (the relay is back, the address fixed): False when it
+    had not failed."""
+    changed = conn.execute(
+        update(outgoing_mail)
+        .where(outgoing_mail.c.id == outgoing_id, outgoing_mail.c.state == "failed")
+        .values(state="pending", claimed_until=None, last_error=None)
+    ).rowcount
+    return bool(changed)
+
+
 def counts(conn: Connection) -> dict[tuple[str, str], int]:
     rows = conn.execute(
         select(outgoing_mail.c.kind, outgoing_mail.c.state, func.count()).group_by(

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from postkasse.routing.extract import normalise_name
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of the municipality a committee forwards referrals to (PPR, familieafdeling, sundhedspleje):
+    `address` is its secure mail address; a unit without one cannot be sent anything."""
+
+    id: str
+    name: str
+    address: str | None
+    kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -16,6 +28,10 @@ class Municipality:
     region: str
     participating: bool
     notification_address: str | None
+    units: tuple[Unit, ...] = ()
+
+    def unit(self, unit_id: str) -> Unit | None:
+        return next((u for u in self.units if u.id == unit_id), None)
 
 
 class Municipalities:
@@ -54,8 +70,32 @@ class Municipalities:
                     region,
                     bool(entry.get("participating", True)),
                     entry.get("notification_address") or None,
+                    _units(path, code, entry.get("unit", [])),
                 )
             )
         if len({m.code for m in items}) != len(items):
             raise ValueError(f"{path}: a municipality code is listed twice")
         return cls(items, regions)
+
+
+UNIT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def _units(path: Path, code: str, entries: list[dict[str, object]]) -> tuple[Unit, ...]:
+    """`[[municipality.unit]]` with `id`, `name`, `address` and optional `kind`, checked as they load."""
+    units = []
+    for n, entry in enumerate(entries, start=1):
+        unit_id, name = str(entry.get("id", "")), str(entry.get("name", "")).strip()
+        address = str(entry.get("address") or "").strip() or None
+        where = f"{path}: municipality {code}: unit #{n}"
+        if not UNIT_ID.match(unit_id):
+            raise ValueError(f"{where}: id {unit_id!r} is not lower-case letters, digits, - or _")
+        if not name:
+            raise ValueError(f"{where}: the unit needs a name")
+        if address is not None and not ADDRESS.match(address):
+            raise ValueError(f"{where}: address {address!r} is not a mail address")
+        units.append(Unit(unit_id, name, address, str(entry.get("kind", "")).strip()))
+    if len({u.id for u in units}) != len(units):
+        raise ValueError(f"{path}: municipality {code}: a unit id is listed twice")
+    return tuple(units)

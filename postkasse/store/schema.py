@@ -208,6 +208,11 @@ referrals = Table(
     Column("pulled_by", Text, nullable=True, comment="who took it: a user or a token name"),
     Column("handled_at", UTCDateTime, nullable=True),
     Column("exception", String(24), nullable=True, comment="authority_case | medical_reason: clock stopped"),
+    Column("unit", String(64), nullable=True, comment="forwarded: the unit's id in municipalities.toml"),
+    Column("forward_mail_id", Id, nullable=True, comment="forwarded: the mail to the unit (outgoing_mail)"),
+    Column("forwarded_at", UTCDateTime, nullable=True),
+    Column("transferred_from", String(4), nullable=True, comment="the municipality it was last moved from"),
+    Column("transferred_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint("state IN ('triage', 'new', 'pulled', 'handled')", name="state"),
@@ -266,6 +271,22 @@ deadline_alerts = Table(
     ),
     UniqueConstraint("referral_id", "deadline", "cycle", "level", "municipality"),
     Index(None, "resolved_at"),
+)
+
+# A referral moved to another municipality: the child moved, or it belonged elsewhere.
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("referral_id", Id, ForeignKey("referrals.id"), nullable=False),
+    Column("from_municipality", String(4), nullable=False),
+    Column("to_municipality", String(4), nullable=False),
+    Column("reason", String(32), nullable=False, comment="moved | wrong_municipality"),
+    Column("note", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "referral_id", "id"),
+    Index(None, "at"),
 )
 
 # A joint pathway ("fælles forpligtende forløb"): its meetings, each with the action plan as it stood after
