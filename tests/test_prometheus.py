@@ -28,6 +28,7 @@ DASHBOARD = PROJECT / "deploy/grafana/postkasse.json"
 # may ever carry personal data; the rules and the dashboard may use no other metric and no other label.
 METRICS: dict[str, frozenset[str]] = {
     "postkasse_referrals": frozenset({"municipality", "state"}),
+    "postkasse_forwards_undelivered": frozenset({"municipality"}),
     "postkasse_queue_oldest_waiting_seconds": frozenset({"municipality"}),
     "postkasse_referrals_past_warning": frozenset({"municipality", "deadline"}),
     "postkasse_referrals_past_breach": frozenset({"municipality", "deadline"}),
