@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from postkasse import __version__, config, logs
 from postkasse.config import ConfigError, Settings
@@ -30,6 +31,7 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from postkasse import flows
     from postkasse.clock import SystemClock
     from postkasse.memory import tune_malloc
+    from postkasse.retention.purge import Policy
     from postkasse.store import Store
     from postkasse.tasks import Actors
     from postkasse.workers import make_broker, start_worker
@@ -45,7 +47,7 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     store = Store(settings.database.url)
     broker = make_broker(settings)
     pipeline = flows.build(settings, store, SystemClock())
-    Actors(broker, pipeline, flows.periodic(pipeline))
+    Actors(broker, pipeline, flows.periodic(pipeline, Policy.of(settings.retention)))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -272,6 +274,90 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse.clock import SystemClock
+    from postkasse.flows.purge import run_purge
+    from postkasse.retention.purge import KINDS, Policy
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    at = _moment(args.at, "purge") if args.at else SystemClock().now()
+    if at is None:
+        return 2
+    store = Store(settings.database.url)
+    upgrade(store)
+    counts = run_purge(store, at, Policy.of(settings.retention), dry_run=args.dry_run)
+    if counts is None:
+        print("postkasse purge: another purge is running; nothing done", file=sys.stderr)
+        return 1
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"purge as of {at.isoformat()}: {verb}")
+    for kind in KINDS:
+        print(f"  {kind:<22} {counts.get(kind, 0)}")
+    return 0
+
+
+def _moment(text: str, command: str) -> Any:
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        print(f"postkasse {command}: --at {text!r} is not an ISO 8601 time with its offset", file=sys.stderr)
+        return None
+    return at
+
+
+def cmd_subject(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from postkasse.clock import SystemClock
+    from postkasse.retention import subjects
+    from postkasse.routing.cpr import Cpr
+    from postkasse.routing.municipalities import Municipalities
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    try:
+        cpr = Cpr.parse(args.cpr, SystemClock().now().date()).number
+    except ValueError:
+        print(f"postkasse subject {args.action}: --cpr is not a valid CPR number", file=sys.stderr)
+        return 2
+    store = Store(settings.database.url)
+    upgrade(store)
+    now = SystemClock().now()
+    if args.action == "export":
+        if not args.out:
+            print("postkasse subject export: --out DIR is needed", file=sys.stderr)
+            return 2
+        municipalities = Municipalities.load(settings.routing.municipalities_file)
+        with store.write() as conn:
+            written = subjects.export(
+                conn, cpr, Path(args.out), municipalities, args.operator, args.reason, now
+            )
+        print(f"exported {len(written)} referral(s) to {args.out}: {' '.join(written)}")
+        return 0
+    with store.read() as conn:
+        found = subjects.find(conn, cpr)
+    if not found.referral_ids:
+        print("no referral about that person is kept")
+        return 0
+    if not args.yes:
+        answer = input(f"erase the content of {len(found.referral_ids)} referral(s)? type yes: ")
+        if answer.strip().lower() != "yes":
+            print("nothing erased")
+            return 1
+    with store.write() as conn:
+        erased = subjects.erase(conn, cpr, args.operator, args.reason, now)
+    if store.dialect == "sqlite":
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    print(f"erased the content of {len(erased)} referral(s): {' '.join(erased)}")
+    return 0
+
+
 def cmd_token_new(settings: Settings, args: argparse.Namespace) -> int:
     from postkasse.clock import SystemClock
     from postkasse.committee import tokens
@@ -290,7 +376,9 @@ def cmd_token_new(settings: Settings, args: argparse.Namespace) -> int:
     upgrade(store)
     try:
         with store.write() as conn:
-            token = tokens.create(conn, args.name, scope, args.municipality, SystemClock().now())
+            token = tokens.create(
+                conn, args.name, scope, args.municipality, SystemClock().now(), tuple(args.right or ())
+            )
     except tokens.TokenError as exc:
         print(f"postkasse token new: {exc}", file=sys.stderr)
         return 1
@@ -475,6 +563,22 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="one JSON object for scripts")
     report.set_defaults(func=cmd_deadlines_report)
 
+    purge = sub.add_parser(
+        "purge", help="remove content whose retention period ([retention]) has run out; counts by kind"
+    )
+    purge.add_argument("--at", help="as of this ISO 8601 time (default: now)")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go; remove nothing")
+    purge.set_defaults(func=cmd_purge)
+
+    subject = sub.add_parser("subject", help="one person's data: export it (art. 15) or erase it (art. 17)")
+    subject.add_argument("action", choices=["export", "erase"])
+    subject.add_argument("--cpr", required=True)
+    subject.add_argument("--reason", required=True, help="why; kept in the audit")
+    subject.add_argument("--operator", required=True, help="who; kept in the audit")
+    subject.add_argument("--out", help="export: the directory to write into")
+    subject.add_argument("--yes", action="store_true", help="erase without asking")
+    subject.set_defaults(func=cmd_subject)
+
     stats = sub.add_parser(
         "stats", help="the pilot's numbers per municipality and sender kind, for Danish days FROM to TO"
     )
@@ -490,6 +594,12 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--ops", action="store_true", help="an operations token (triage, counts)")
     which.add_argument("--sender", action="store_true", help="a token for a system that submits messages")
     new.add_argument("--name", required=True)
+    new.add_argument(
+        "--right",
+        action="append",
+        choices=["subject_access"],
+        help="an ops token's extra right: subject_access, to export a person's data (GET /api/v1/subjects)",
+    )
     new.set_defaults(func=cmd_token_new)
     revoke = token.add_parser("revoke", help="end a token")
     revoke.add_argument("name")

@@ -367,6 +367,17 @@ class LogSettings(_Section):
         return level
 
 
+class RetentionSettings(_Section):
+    """How long personal data is kept once its purpose has lapsed (GDPR art. 5(1)(e)); see README."""
+
+    content_days: int = Field(30, ge=1, description="a referral's content, counted from when it was handled")
+    unrouted_days: int = Field(30, ge=1, description="a message that never became a referral")
+    outgoing_days: int = Field(14, ge=1, description="outgoing mail bodies and MedCom answers, once sent")
+    audit_days: int = Field(1825, ge=365, description="audit rows: who read and changed what")
+    dedup_days: int = Field(60, ge=1, description="IMAP and MedCom bookkeeping kept for duplicate detection")
+    interval_hours: float = Field(24.0, gt=0, description="how often `serve` purges")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="POSTKASSE_",
@@ -385,6 +396,7 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     medcom: MedcomSettings = Field(default_factory=lambda: MedcomSettings())
     imap: list[ImapAccount] = Field(default_factory=list, description="mailboxes to empty, `[[imap]]` tables")
     log: LogSettings = Field(default_factory=LogSettings)

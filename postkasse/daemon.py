@@ -25,6 +25,7 @@ from postkasse.mailbox.imap import ImapChannel
 from postkasse.mailbox.limits import Tally, count_accept_errors, fitting_session_limit, raise_fd_limit
 from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
 from postkasse.pipeline import Next
+from postkasse.retention.purge import Policy
 from postkasse.store import Store, Stored
 from postkasse.store.migrate import upgrade
 from postkasse.tasks import Actors
@@ -55,7 +56,9 @@ class Daemon:
         self.broker = make_broker(settings)
         self.parts = flows.parts(settings)
         self.pipeline = flows.build(settings, self.store, self.clock, self.parts)
-        self.actors = Actors(self.broker, self.pipeline, flows.periodic(self.pipeline))
+        self.actors = Actors(
+            self.broker, self.pipeline, flows.periodic(self.pipeline, Policy.of(settings.retention))
+        )
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
@@ -90,6 +93,12 @@ class Daemon:
             lambda: self.actors.schedule(kinds.DEADLINE_CHECK),
         )
         deadline_ticker.start()
+        purge_ticker = workers.Periodic(
+            "purge-ticker",
+            self.settings.retention.interval_hours * 3600,
+            lambda: self.actors.schedule(kinds.PURGE),
+        )
+        purge_ticker.start()
 
         committer = GroupCommitter(self.store, flows.FIRST_STEP, self.lease, self._dispatch_stored)
         committer.start()
@@ -137,6 +146,7 @@ class Daemon:
         await http_task
         api.audit_log.close()
         deadline_ticker.stop()
+        purge_ticker.stop()
         redriver.stop()
         if worker is not None:
             await loop.run_in_executor(None, worker.stop)

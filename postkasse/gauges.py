@@ -22,6 +22,7 @@ from postkasse.committee import forwarding
 from postkasse.deadlines.alerts import last_check
 from postkasse.deadlines.assess import assess
 from postkasse.deadlines.rules import RuleBook
+from postkasse.retention import purge
 from postkasse.routing.municipalities import Municipalities
 from postkasse.store import Store
 from postkasse.store.schema import deadline_alerts, outbox, outgoing_mail, referrals
@@ -203,6 +204,17 @@ class StoreGauges(Collector):
         ):
             alerts.add_metric([deadline, level], count)
         yield alerts
+        purged = purge.last_run(conn)
+        yield GaugeMetricFamily(
+            "postkasse_purge_last_success_timestamp_seconds",
+            "When the retention purge last completed (unix time; 0: never)",
+            value=purged.timestamp() if purged else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "postkasse_oldest_content_age_seconds",
+            "Age of the oldest message whose content is still kept (0: none kept)",
+            value=_age(now, purge.oldest_content(conn)),
+        )
         checked = last_check(conn)
         yield GaugeMetricFamily(
             "postkasse_deadline_check_last_success_timestamp_seconds",

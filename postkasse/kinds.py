@@ -16,3 +16,4 @@ ALERT_RESOLVED = "alert_resolved"  # the mails saying it cleared
 STEPS = (PARSE, ROUTE, RECEIPT, SEND, URGENT, ALERT, ALERT_RESOLVED)
 
 DEADLINE_CHECK = "deadline_check"  # the periodic job that raises and clears deadline alerts
+PURGE = "purge"  # the periodic job that removes content whose retention period has run out

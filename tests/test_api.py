@@ -382,6 +382,7 @@ SCOPED = {
     ("GET", "/api/v1/triage"): 403,
     ("POST", "/api/v1/triage/{referral_id}/assign"): 403,
     ("GET", "/api/v1/stats"): 403,
+    ("GET", "/api/v1/subjects/{cpr}"): 403,
     ("POST", "/api/v1/messages"): 403,
     ("GET", "/api/v1/messages/{message_id}/answers"): 403,
     ("GET", "/api/v1/answers"): 403,
@@ -415,7 +416,12 @@ def test_no_route_lets_one_municipality_see_another(world: World) -> None:
     assert routes == set(SCOPED), "classify every new API route in SCOPED"
     for (method, path), refused in SCOPED.items():
         url = path.replace("{code}", "0751").replace("{referral_id}", str(world.ids["aarhus"]))
-        url = url.replace("{message_id}", "1").replace("{answer_id}", "1").replace("{mail_id}", "1")
+        url = (
+            url.replace("{message_id}", "1")
+            .replace("{answer_id}", "1")
+            .replace("{mail_id}", "1")
+            .replace("{cpr}", "0102154123")
+        )
         body = BODIES.get(path.rsplit("/", 1)[-1])
         for who in ("favrskov", "ops") if (method, path) in SENDER_ROUTES else ("favrskov", "sender"):
             response = world.call(method, url, who, json=body)

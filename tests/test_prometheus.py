@@ -29,6 +29,8 @@ DASHBOARD = PROJECT / "deploy/grafana/postkasse.json"
 METRICS: dict[str, frozenset[str]] = {
     "postkasse_referrals": frozenset({"municipality", "state"}),
     "postkasse_forwards_undelivered": frozenset({"municipality"}),
+    "postkasse_purge_last_success_timestamp_seconds": frozenset(),
+    "postkasse_oldest_content_age_seconds": frozenset(),
     "postkasse_queue_oldest_waiting_seconds": frozenset({"municipality"}),
     "postkasse_referrals_past_warning": frozenset({"municipality", "deadline"}),
     "postkasse_referrals_past_breach": frozenset({"municipality", "deadline"}),

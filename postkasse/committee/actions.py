@@ -7,6 +7,7 @@ what follows (a mail to send, an urgent alert). A read is audited before it is s
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -37,6 +38,8 @@ from postkasse.pathway.plan import ActionPlan, Meeting, Responsible
 from postkasse.pipeline import Next, Pipeline
 from postkasse.receipts import outgoing
 from postkasse.reference import reference
+from postkasse.retention import subjects
+from postkasse.routing.cpr import Cpr
 from postkasse.routing.municipalities import Municipalities, Unit
 from postkasse.store import Store
 from postkasse.store.schema import messages
@@ -583,6 +586,27 @@ class Actions:
             audit.record(conn, who.name, "assign", referral_id, now, municipality=body.municipality)
             work = self.pipeline.add(conn, follow, now)
         self.dispatch(work)
+
+    def subject(self, who: Principal, cpr: str, reason: str) -> list[dict[str, Any]]:
+        """Everything kept about one person (GDPR art. 15), for an ops token given `subject_access`; the
+        export is audited with the token's name and the reason. Messages come base64-encoded."""
+        if who.scope != "ops" or "subject_access" not in who.rights:
+            raise Refused(403, "forbidden", "Only an ops token with the subject_access right may do this.")
+        if not reason.strip():
+            raise Refused(422, "invalid_request", "reason: say why the person's data is exported.")
+        try:
+            number = Cpr.parse(cpr, self.clock.now().date()).number
+        except ValueError:
+            raise Refused(422, "invalid_request", "cpr: not a valid CPR number.") from None
+        now = self.clock.now()
+        with self.store.write() as conn:
+            found = subjects.records(conn, number, self.municipalities)
+            subjects.audited(conn, found, who.name, reason.strip(), now)
+        for record in found:
+            record["messages"] = [
+                {"name": name, "base64": base64.b64encode(raw).decode()} for name, raw in record["messages"]
+            ]
+        return found
 
     def stats(self, who: Principal, start: date, end: date) -> Statistics:
         """The pilot's numbers per municipality and sender kind: counts only, no personal data."""

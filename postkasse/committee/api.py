@@ -320,6 +320,16 @@ def create_router(api: Api) -> APIRouter:
         act.retry_mail(who, mail_id)
         return {"status": "queued", "id": mail_id}
 
+    @router.get("/subjects/{cpr}", tags=["operations"])
+    def subject_access(
+        cpr: Annotated[str, Path(max_length=11)],
+        who: Caller,
+        reason: Annotated[str, Query(max_length=500)] = "",
+    ) -> JSONResponse:
+        """Everything kept about one person (GDPR art. 15): an ops token with the `subject_access` right,
+        and a `reason`; audited."""
+        return JSONResponse({"referrals": act.subject(who, cpr, reason)})
+
     @router.get("/stats", tags=["operations"], dependencies=[Depends(ops_scope)])
     def get_stats(
         who: Caller,

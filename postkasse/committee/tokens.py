@@ -38,17 +38,30 @@ class Principal:
     name: str
     scope: str
     municipality: str | None
+    rights: tuple[str, ...] = ()
 
     def sees(self, municipality: str | None) -> bool:
         return self.scope == "committee" and municipality is not None and municipality == self.municipality
 
 
-def create(conn: Connection, name: str, scope: str, municipality: str | None, now: datetime) -> str:
+RIGHTS = ("subject_access",)  # given only when asked for: an operator who may export a person's data
+
+
+def create(
+    conn: Connection,
+    name: str,
+    scope: str,
+    municipality: str | None,
+    now: datetime,
+    rights: tuple[str, ...] = (),
+) -> str:
     """Store a new token's hash and return the token, which is shown once and never again."""
     if not NAME_SHAPE.match(name):
         raise TokenError("a token name is 1-64 letters, digits, '.', '_', '@' or '-'")
     if (scope == "committee") != (municipality is not None):
         raise TokenError("a committee token names one municipality; other scopes name none")
+    if any(right not in RIGHTS for right in rights) or (rights and scope != "ops"):
+        raise TokenError(f"only an ops token takes extra rights, and only these: {', '.join(RIGHTS)}")
     secret = secrets.token_urlsafe(32)
     try:
         token_id = conn.execute(
@@ -58,6 +71,7 @@ def create(conn: Connection, name: str, scope: str, municipality: str | None, no
                 scope=scope,
                 municipality=municipality,
                 secret_hash=PasswordHasher().hash(secret),
+                rights=list(rights),
                 created_at=now,
             )
             .returning(tokens.c.id)
@@ -101,4 +115,4 @@ class Authenticator:
                 return None
             with self.lock:
                 self.verified[token_id] = digest
-        return Principal(row.name, row.scope, row.municipality)
+        return Principal(row.name, row.scope, row.municipality, tuple(row.rights or ()))

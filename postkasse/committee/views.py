@@ -243,6 +243,7 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
     return {
         **summary(row),
         "queued_at": row.queued_at.isoformat() if row.queued_at else None,
+        "purged_at": row.purged_at.isoformat() if row.purged_at else None,
         "deadline_warning": row.warn_at.isoformat(),
         "outcome_detail": row.outcome_detail,
         "return_reason": row.return_reason,

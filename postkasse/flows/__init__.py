@@ -14,8 +14,9 @@
 6. `send` (`flows.send`): one outgoing mail through the relay, retried with backoff.
 
 Beside the message's path: the periodic `deadline_check` (`flows.alerts.run_check`, `deadlines` deciding what
-is late) raises and clears alerts, whose mails the `alert` and `alert_resolved` steps write; a committee's
-message to a sender (the API, with `Parts.medcom` as its MedCom writer) goes out by `send` too.
+is late) raises and clears alerts, whose mails the `alert` and `alert_resolved` steps write; the daily
+`purge` (`flows.purge`, `retention` deciding what is due) removes content whose purpose has lapsed; a
+committee's message to a sender (the API, with `Parts.medcom` as its MedCom writer) goes out by `send` too.
 
 The step and job names are in `postkasse.kinds`; `build` makes the step table the edges (daemon, cli,
 tasks, workers) run.
@@ -33,11 +34,13 @@ from postkasse.deadlines.alerts import Alerter
 from postkasse.deadlines.rules import RuleBook, rulebook
 from postkasse.flows.alerts import SendAlert, SendResolved, UrgentAlert, run_check
 from postkasse.flows.parse import ParseHeaders
+from postkasse.flows.purge import run_purge
 from postkasse.flows.receipt import SendReceipt
 from postkasse.flows.route import RouteMessage
 from postkasse.flows.route_medcom import MedcomIntake
 from postkasse.flows.send import SendMail, relay
-from postkasse.pipeline import Job, Pipeline, Step
+from postkasse.pipeline import Job, Next, Pipeline, Step
+from postkasse.retention.purge import Policy
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import AgeRange
 from postkasse.routing.router import Router
@@ -100,8 +103,13 @@ def build(settings: Settings, store: Store, clock: Clock, made: Parts | None = N
     return Pipeline(steps, store, clock, timedelta(seconds=settings.outbox.lease_seconds))
 
 
-def periodic(pipeline: Pipeline) -> dict[str, Job]:
-    """The jobs the daemon schedules: the deadline check, every deadlines.check_interval_seconds. It uses the
-    alerter the pipeline's alert steps use."""
+def periodic(pipeline: Pipeline, retention: Policy) -> dict[str, Job]:
+    """The jobs the daemon schedules: the deadline check, every deadlines.check_interval_seconds (with the
+    alerter the pipeline's alert steps use), and the retention purge, every retention.interval_hours."""
     checker = pipeline.step(SendAlert).alerter
-    return {kinds.DEADLINE_CHECK: lambda: run_check(pipeline, checker)}
+
+    def purge() -> list[Next]:
+        run_purge(pipeline.store, pipeline.clock.now(), retention)
+        return []
+
+    return {kinds.DEADLINE_CHECK: lambda: run_check(pipeline, checker), kinds.PURGE: purge}

@@ -76,6 +76,7 @@ messages = Table(
     Column("sha256", String(64), nullable=False),
     Column("message_id", Text, nullable=True, comment="the Message-ID header, if any"),
     Column("raw", LargeBinary, nullable=False, comment="the bytes exactly as received"),
+    Column("purged_at", UTCDateTime, nullable=True, comment="content removed (retention or erasure)"),
     Index(None, "message_id"),
     Index(None, "received_at"),
     Index(None, "sha256"),  # an IMAP message stored before a crash is recognised by its bytes
@@ -213,6 +214,7 @@ referrals = Table(
     Column("forwarded_at", UTCDateTime, nullable=True),
     Column("transferred_from", String(4), nullable=True, comment="the municipality it was last moved from"),
     Column("transferred_at", UTCDateTime, nullable=True),
+    Column("purged_at", UTCDateTime, nullable=True, comment="content removed (retention or erasure)"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint("state IN ('triage', 'new', 'pulled', 'handled')", name="state"),
@@ -405,6 +407,7 @@ tokens = Table(
     Column("scope", String(16), nullable=False),
     Column("municipality", String(4), nullable=True, comment="for committee tokens: the one queue it sees"),
     Column("secret_hash", Text, nullable=False, comment="argon2id hash; the token itself is never stored"),
+    Column("rights", JSON, nullable=False, server_default="[]", comment="extra rights: subject_access"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
     CheckConstraint("scope IN ('committee', 'ops', 'sender')", name="scope"),
