@@ -368,6 +368,7 @@ SCOPED = {
     ("GET", "/api/v1/municipalities/{code}/units"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/transfer"): 404,
     ("POST", "/api/v1/triage/mail/{mail_id}/retry"): 403,
+    ("POST", "/api/v1/triage/forwards/{referral_id}/retry"): 403,
     ("GET", "/api/v1/referrals/{referral_id}"): 404,
     ("GET", "/api/v1/referrals/{referral_id}/raw"): 404,
     ("POST", "/api/v1/referrals/{referral_id}/pull"): 404,

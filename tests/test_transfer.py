@@ -136,3 +136,33 @@ def test_a_pathway_moves_along_and_its_plan_goes_with_a_forward(world: World) ->
     sent = message_from_bytes(raw, policy=policy.default)
     kinds = [part.get_content_type() for part in sent.iter_attachments()]  # type: ignore[attr-defined]
     assert kinds == ["message/rfc822", "application/pdf"]
+
+
+def test_a_forward_to_a_unit_without_an_address_is_undelivered_until_it_has_one(world: World) -> None:
+    found = actions(world).municipalities
+    silent = Unit("familie", "Familieafdelingen", None, "familieafdeling")
+    found.by_code["0710"] = dataclasses.replace(found.by_code["0710"], units=(silent,))
+    referral = world.ids["favrskov"]
+    world.call("POST", f"/api/v1/referrals/{referral}/pull", "favrskov")
+    decided = world.call(
+        "POST",
+        f"/api/v1/referrals/{referral}/decision",
+        "favrskov",
+        json={"outcome": "forwarded", "unit": "familie"},
+    ).json()
+    assert decided["forward"] == {"unit": "familie", "delivery": "no_address"}
+    undelivered = world.call("GET", "/api/v1/triage", "ops").json()["undelivered_forwards"]
+    assert [(u["id"], u["why"]) for u in undelivered] == [(referral, "no_address")]
+    retry = f"/api/v1/triage/forwards/{referral}/retry"
+    assert world.call("POST", retry, "ops").json()["code"] == "unit_unreachable"
+
+    fixed = dataclasses.replace(silent, address="familie@favrskov.example")
+    found.by_code["0710"] = dataclasses.replace(found.by_code["0710"], units=(fixed,))
+    assert world.call("POST", retry, "ops").status_code == 202
+    assert world.call("GET", "/api/v1/triage", "ops").json()["undelivered_forwards"] == []
+    with world.store.read() as conn:
+        sent = conn.execute(
+            select(outgoing_mail.c.recipient).where(outgoing_mail.c.kind == "forward")
+        ).scalars()
+        assert list(sent) == ["familie@favrskov.example"]
+    assert world.call("POST", retry, "ops").json()["code"] == "invalid_state"  # on its way: nothing to redo

@@ -571,6 +571,37 @@ class Actions:
             work = self.pipeline.add(conn, [(kinds.SEND, outgoing_id)], now)
         self.dispatch(work)
 
+    def retry_forward(self, who: Principal, referral_id: int) -> None:
+        """Send an undelivered forward to its unit again, as the unit is configured now (an address added
+        or corrected in municipalities.toml since): a new mail, through the same `send` step."""
+        _ops(who)
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(
+                    referrals_table.c.municipality, referrals_table.c.unit, referrals_table.c.outcome_detail
+                ).where(referrals_table.c.id == referral_id)
+            ).one_or_none()
+            delivery = forwarding.delivery(conn, referral_id)
+            plan = pathways.plan(conn, referral_id, self.municipalities)
+        if row is None or delivery not in ("failed", "no_address"):
+            raise Refused(409, "invalid_state", "Only a forward its unit never got can be sent again.")
+        known = self.municipalities.get(row.municipality or "")
+        unit = known.unit(row.unit) if known else None
+        if unit is None or unit.address is None:
+            raise Refused(
+                409, "unit_unreachable", "The unit has no address in municipalities.toml; add it and restart."
+            )
+        plan_pdf = printed.pdf(plan) if plan is not None else None
+        now = self.clock.now()
+        with self.store.write() as conn:
+            committee = self.committee_name(row.municipality)
+            follow = forwarding.forward(
+                conn, referral_id, unit, None, committee, self.from_address, now, plan_pdf
+            )
+            audit.record(conn, who.name, "retry_forward", referral_id, now, unit=unit.id)
+            work = self.pipeline.add(conn, follow, now)
+        self.dispatch(work)
+
     def assign(self, who: Principal, referral_id: int, body: Assignment) -> None:
         """Send a triaged referral to a municipality's queue, with a note saying why."""
         _ops(who)

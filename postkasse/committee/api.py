@@ -320,6 +320,12 @@ def create_router(api: Api) -> APIRouter:
         act.retry_mail(who, mail_id)
         return {"status": "queued", "id": mail_id}
 
+    @router.post("/triage/forwards/{referral_id}/retry", tags=["operations"], status_code=202)
+    def retry_forward(referral_id: ReferralId, who: Caller) -> dict[str, Any]:
+        """Send an undelivered forward to its unit again, as the unit is configured now."""
+        act.retry_forward(who, referral_id)
+        return {"status": "queued", "id": referral_id}
+
     @router.get("/subjects/{cpr}", tags=["operations"])
     def subject_access(
         cpr: Annotated[str, Path(max_length=11)],

@@ -106,6 +106,15 @@ def failed_mail(request: Request, session: guard.Who) -> Response:
     )
 
 
+@router.post("/drift/videresendelser/{referral_id}/igen")
+def retry_forward(
+    request: Request, session: guard.Who, form: guard.Form, referral_id: ReferralId
+) -> Response:
+    operations(session)
+    of(request).actions.retry_forward(session.user.principal(), referral_id)
+    return RedirectResponse("/drift/fejlet-post?ok=sendt-igen", status_code=303)
+
+
 @router.post("/drift/fejlet-post/{mail_id}/igen")
 def retry(request: Request, session: guard.Who, form: guard.Form, mail_id: ReferralId) -> Response:
     operations(session)
