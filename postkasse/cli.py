@@ -95,7 +95,9 @@ def cmd_refdata_import(settings: Settings, args: argparse.Namespace) -> int:
     store = Store(settings.database.url)
     upgrade(store)
     try:
-        result = import_file(store, args.kind, Path(args.file), SystemClock().now())
+        result = import_file(
+            store, args.kind, Path(args.file), SystemClock().now(), _progress if sys.stderr.isatty() else None
+        )
     except (RefdataError, OSError) as exc:
         print(
             f"postkasse refdata import {args.kind}: refused, the data in force is unchanged: {exc}",
@@ -104,6 +106,15 @@ def cmd_refdata_import(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"imported {result.rows} {result.kind} rows at {result.imported_at.isoformat()}")
     return 0
+
+
+def _progress(done: int, total: int) -> None:
+    """A long import on a terminal shows how far it has come, on one line."""
+    print(
+        f"\r  {done:,} af {total:,} rækker skrevet ({100 * done // max(total, 1)} %)", end="", file=sys.stderr
+    )
+    if done >= total:
+        print(file=sys.stderr)
 
 
 def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
@@ -358,6 +369,20 @@ def cmd_subject(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse import flows
+    from postkasse.clock import SystemClock
+    from postkasse.flows.status import render
+    from postkasse.store import Store
+    from postkasse.store.migrate import upgrade
+
+    store = Store(settings.database.url)
+    upgrade(store)
+    parts = flows.parts(settings)
+    print(render(store, SystemClock().now(), parts.rules, parts.municipalities))
+    return 0
+
+
 def cmd_token_new(settings: Settings, args: argparse.Namespace) -> int:
     from postkasse.clock import SystemClock
     from postkasse.committee import tokens
@@ -563,6 +588,11 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="one JSON object for scripts")
     report.set_defaults(func=cmd_deadlines_report)
 
+    status = sub.add_parser(
+        "status", help="every queue, triage, pipeline work, failed mail and the last checks"
+    )
+    status.set_defaults(func=cmd_status)
+
     purge = sub.add_parser(
         "purge", help="remove content whose retention period ([retention]) has run out; counts by kind"
     )
@@ -639,6 +669,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"postkasse: {exc}", file=sys.stderr)
         return 2
-    logs.setup(settings.log.level, settings.log.json_format)
+    logs.setup(settings.log.level, settings.log.renders_json(sys.stderr.isatty()))
     result: int = args.func(settings, args)
     return result

@@ -181,7 +181,7 @@ RELAY_WAITS = 15
 class OutboundSettings(_Section):
     """The relay receipts and committee messages go out through."""
 
-    host: str = Field("", description="empty: no relay; outgoing mail waits and then fails visibly")
+    host: str = Field("", description="empty: no relay; outgoing mail is written to pickup_dir instead")
     port: int = Field(25, ge=1, le=65535)
     tls: Literal["starttls", "implicit", "none"] = "starttls"
     user: str = ""
@@ -189,6 +189,10 @@ class OutboundSettings(_Section):
     from_address: str = "postkasse@localhost"
     ca_file: Path | None = None
     timeout_seconds: float = Field(30.0, gt=0)
+    pickup_dir: Path = Field(
+        Path("var/outgoing"),
+        description="with no relay (host empty), mail is written here as .eml files and counts as delivered",
+    )
     claim_lease_seconds: float = Field(
         600.0, gt=0, description="how long a mail being sent is left to its sender before another takes it up"
     )
@@ -356,7 +360,17 @@ class ImapAccount(_Section):
 
 class LogSettings(_Section):
     level: str = "INFO"
-    json_format: bool = Field(True, alias="json")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable lines on a terminal, JSON otherwise (journald, files, collectors)"
+    )
+    json_format: bool | None = Field(
+        None, alias="json", description="older spelling: true is json, false console"
+    )
+
+    def renders_json(self, terminal: bool) -> bool:
+        if self.json_format is not None:
+            return self.json_format
+        return self.format == "json" or (self.format == "auto" and not terminal)
 
     @field_validator("level")
     @classmethod

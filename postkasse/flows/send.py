@@ -20,7 +20,7 @@ from postkasse import errors, kinds, logs, metrics
 from postkasse.config import Settings
 from postkasse.pipeline import Follow, Postponed
 from postkasse.receipts import outgoing
-from postkasse.receipts.relay import PermanentFailure, Relay
+from postkasse.receipts.relay import Outbound, PermanentFailure, Pickup, Relay
 from postkasse.store import Store
 
 log = logs.get(__name__)
@@ -29,9 +29,11 @@ log = logs.get(__name__)
 AUTOMATIC = ("receipt", "alert", "medcom_answer")
 
 
-def relay(settings: Settings) -> Relay:
-    """The outbound relay the settings name."""
+def relay(settings: Settings) -> Outbound:
+    """The outbound relay the settings name; with none, the pickup directory."""
     out = settings.outbound
+    if not out.host:
+        return Pickup(out.pickup_dir)
     return Relay(
         out.host,
         out.port,
@@ -49,7 +51,7 @@ class SendMail:
     min_backoff = timedelta(seconds=5)
     max_backoff = timedelta(minutes=15)
 
-    def __init__(self, relay: Relay, from_address: str, claim_lease: timedelta) -> None:
+    def __init__(self, relay: Outbound, from_address: str, claim_lease: timedelta) -> None:
         self.relay = relay
         self.from_address = from_address
         self.claim_lease = claim_lease

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import smtplib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from postkasse import logs
 from postkasse.errors import Safe
 from postkasse.tls import client_context
+
+log = logs.get(__name__)
 
 
 class RelayNotConfigured(Safe, RuntimeError):
@@ -16,6 +22,32 @@ class RelayNotConfigured(Safe, RuntimeError):
 
 class PermanentFailure(Safe, RuntimeError):
     """The relay refused the mail for good (5xx); retrying would not help."""
+
+
+class Outbound(Protocol):
+    """Where outgoing mail goes: the relay, or the pickup directory when there is none."""
+
+    def send(self, envelope_sender: str, recipient: str, raw: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Pickup:
+    """No relay configured (a first run, a test bench): each mail becomes an .eml file in `directory`,
+    written whole (a temporary name, then a rename) and named by its content, so a retry writes it once."""
+
+    directory: Path
+
+    def send(self, envelope_sender: str, recipient: str, raw: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(recipient.encode() + b"\0" + raw).hexdigest()[:16]
+        target = self.directory / f"{digest}.eml"
+        if target.exists():
+            return
+        partial = self.directory / f".{digest}.{os.getpid()}.part"
+        envelope = f"Return-Path: <{envelope_sender}>\r\nX-Original-To: <{recipient}>\r\n"
+        partial.write_bytes(envelope.encode() + raw)
+        os.replace(partial, target)
+        log.info("no relay configured: mail written to a file", path=str(target))
 
 
 @dataclass(frozen=True)

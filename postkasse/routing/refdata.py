@@ -154,8 +154,15 @@ KINDS = {
 }
 
 
-def import_file(store: Store, kind_name: str, path: Path, now: datetime) -> ImportResult:
-    """Check the whole file, then replace that kind of reference data with it."""
+def import_file(
+    store: Store,
+    kind_name: str,
+    path: Path,
+    now: datetime,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Check the whole file, then replace that kind of reference data with it; `progress(done, total)` is
+    told after each batch written."""
     kind = KINDS[kind_name]
     records = _parse(path, kind.required, kind.convert, kind.key)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -163,6 +170,8 @@ def import_file(store: Store, kind_name: str, path: Path, now: datetime) -> Impo
         conn.execute(delete(kind.table))
         for start in range(0, len(records), BATCH):
             conn.execute(insert(kind.table), records[start : start + BATCH])
+            if progress is not None:
+                progress(min(start + BATCH, len(records)), len(records))
         conn.execute(delete(refdata_imports).where(refdata_imports.c.kind == kind.name))
         conn.execute(
             insert(refdata_imports).values(
