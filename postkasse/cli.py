@@ -1,5 +1,5 @@
 """The `postkasse` command: serve, worker, migrate, check-config, refdata, route, triage, deadlines, stats,
-token, user, queue."""
+backup, restore, verify, token, user, queue."""
 
 from __future__ import annotations
 
@@ -308,6 +308,61 @@ def cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from postkasse.store import Store
+    from postkasse.store.backup import BackupError, backup
+
+    store = Store(settings.database.url)
+    try:
+        written = backup(store, Path(args.out))
+    except (BackupError, OSError) as exc:
+        print(f"postkasse backup: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.dispose()
+    print(f"backup written to {written}")
+    return 0
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from postkasse.store import Store
+    from postkasse.store.backup import BackupError, restore
+
+    store = Store(settings.database.url)
+    try:
+        restore(Path(args.file), store)
+    except (BackupError, OSError) as exc:
+        print(f"postkasse restore: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.dispose()
+    print(f"restored {args.file}; run `postkasse verify` before starting `serve`")
+    return 0
+
+
+def cmd_verify(settings: Settings, _: argparse.Namespace) -> int:
+    from postkasse.store import Store
+    from postkasse.store.backup import check
+
+    store = Store(settings.database.url)
+    try:
+        result = check(store)
+    finally:
+        store.dispose()
+    for problem in result.problems:
+        print(f"problem: {problem}")
+    counts = ", ".join(f"{what}: {n}" for what, n in result.checked.items())
+    if result.problems:
+        print(f"{len(result.problems)} problems ({counts} checked)", file=sys.stderr)
+        return 1
+    print(f"ok ({counts} checked)")
+    return 0
+
+
 def _moment(text: str, command: str) -> Any:
     from datetime import datetime
 
@@ -608,6 +663,20 @@ def parser() -> argparse.ArgumentParser:
     subject.add_argument("--out", help="export: the directory to write into")
     subject.add_argument("--yes", action="store_true", help="erase without asking")
     subject.set_defaults(func=cmd_subject)
+
+    backing_up = sub.add_parser(
+        "backup", help="a consistent copy of the store, safe while serve runs (SQLite file or pg_dump)"
+    )
+    backing_up.add_argument(
+        "--out", required=True, metavar="PATH", help="the file, or a directory for a timestamped file"
+    )
+    backing_up.set_defaults(func=cmd_backup)
+    restoring = sub.add_parser("restore", help="copy a backup into the configured store, which must be empty")
+    restoring.add_argument("file")
+    restoring.set_defaults(func=cmd_restore)
+    sub.add_parser(
+        "verify", help="check the store: schema at head, message hashes, referrals' and outbox rows' targets"
+    ).set_defaults(func=cmd_verify)
 
     stats = sub.add_parser(
         "stats", help="the pilot's numbers per municipality and sender kind, for Danish days FROM to TO"
