@@ -33,7 +33,7 @@ from postkasse.committee.tokens import Principal
 from postkasse.deadlines import assess
 from postkasse.deadlines.rules import RuleBook
 from postkasse.mailbox import content
-from postkasse.pathway import printed
+from postkasse.pathway import exports
 from postkasse.pathway.plan import ActionPlan, Meeting, Responsible
 from postkasse.pipeline import Next, Pipeline
 from postkasse.receipts import outgoing
@@ -375,7 +375,7 @@ class Actions:
                 f"unit: {row.municipality} has no unit with that id; "
                 f"GET /api/v1/municipalities/{row.municipality}/units lists them.",
             )
-        return unit, printed.pdf(plan) if plan is not None and unit.address else None
+        return unit, exports.pdf(plan) if plan is not None and unit.address else None
 
     def decide(self, who: Principal, referral_id: int, decision: Decision) -> dict[str, Any]:
         """Forwarded to a unit (which is sent the referral), returned with a reason (the sender is told), a
@@ -591,7 +591,7 @@ class Actions:
             raise Refused(
                 409, "unit_unreachable", "The unit has no address in municipalities.toml; add it and restart."
             )
-        plan_pdf = printed.pdf(plan) if plan is not None else None
+        plan_pdf = exports.pdf(plan) if plan is not None else None
         now = self.clock.now()
         with self.store.write() as conn:
             committee = self.committee_name(row.municipality)

@@ -40,7 +40,7 @@ from postkasse.committee.audit import AuditLog
 from postkasse.committee.correspondence import MedcomWriter
 from postkasse.committee.tokens import Authenticator, Principal
 from postkasse.deadlines.rules import RuleBook
-from postkasse.pathway import fhir, printed
+from postkasse.pathway import exports
 from postkasse.pathway.plan import Meeting
 from postkasse.pipeline import Next, Pipeline
 from postkasse.routing.municipalities import Municipalities
@@ -190,10 +190,10 @@ def create_router(api: Api) -> APIRouter:
         found = act.plan(who, referral_id)
         wanted = accept.lower()
         if "application/fhir+json" in wanted:
-            return JSONResponse(fhir.bundle(found), media_type="application/fhir+json")
+            return JSONResponse(exports.bundle(found), media_type="application/fhir+json")
         if "application/pdf" in wanted:
             return Response(
-                printed.pdf(found),
+                exports.pdf(found),
                 media_type="application/pdf",
                 headers={"Content-Disposition": f'inline; filename="handleplan-{found.reference}.pdf"'},
             )

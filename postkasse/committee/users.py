@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,8 +22,13 @@ from postkasse.store.schema import login_failures, users, web_sessions
 
 ROLES = ("committee", "ops")
 _HASHER = PasswordHasher()
-# Verified against when the account does not exist, so an unknown name costs as much time as a known one.
-_NOBODY = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+@cache
+def _nobody() -> str:
+    """Verified against when the account does not exist, so an unknown name costs as much time as a known
+    one. Made on first use: a hash takes argon2's 64 MiB, which no process should pay just to start."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class UserError(ValueError):
@@ -93,7 +99,7 @@ def disable(conn: Connection, name: str, now: datetime) -> None:
 def verify(conn: Connection, name: str, password: str) -> User | None:
     """The active local user with this name and password, else None (at the same cost either way)."""
     row = conn.execute(select(users).where(users.c.name == name)).one_or_none()
-    stored = row.password_hash if row is not None and row.password_hash else _NOBODY
+    stored = row.password_hash if row is not None and row.password_hash else _nobody()
     try:
         _HASHER.verify(stored, password)
     except (VerificationError, InvalidHashError):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pygal
 from lxml import etree  # type: ignore[import-untyped]
-from pygal.style import DefaultStyle
 
 from postkasse.committee.stats import Statistics
 
@@ -24,6 +22,9 @@ SERIES = (
 
 def statistics_chart(found: Statistics) -> bytes:
     """Received, handled and handled in time per municipality for the period, as a bar chart."""
+    import pygal  # loaded when an operator first asks for the chart
+    from pygal.style import DefaultStyle
+
     per: dict[str, dict[str, int]] = {}
     for row in found.rows:
         counts = per.setdefault(row.municipality_name or row.municipality or "triage", {})

@@ -24,7 +24,7 @@ from postkasse.committee.actions import (
 from postkasse.committee.sessions import Session
 from postkasse.inbox import guard, meeting_form, words
 from postkasse.inbox.context import of
-from postkasse.pathway import printed
+from postkasse.pathway import exports
 from postkasse.pathway.plan import Meeting
 
 router = APIRouter(include_in_schema=False)
@@ -285,7 +285,7 @@ def plan_pdf(request: Request, session: guard.Who, referral_id: ReferralId) -> R
     committee(session)
     found = of(request).actions.plan(session.user.principal(), referral_id)
     return Response(
-        printed.pdf(found),
+        exports.pdf(found),
         media_type="application/pdf",
         headers={
             "Content-Disposition": disposition("inline", f"handleplan-{found.reference}.pdf"),
