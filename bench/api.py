@@ -610,6 +610,8 @@ class Phase:
     def pct(self, p: float) -> float:
         """The p-th percentile in milliseconds (nearest rank)."""
         ordered = sorted(self.latencies)
+        if not ordered:
+            return math.nan  # every request failed: the failures are reported beside it
         return 1000 * ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
     @property
@@ -801,7 +803,6 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
         cursors, every = filled.committee_new[: -PAGE - 1], filled.committee_ids
         bearer = {"Authorization": f"Bearer {filled.token}"}
         session = {"Cookie": f"{SESSION_COOKIE}={cookie}"}
-        first = f"PK-{filled.committee_new[0]:06d}"  # the oldest new referral heads the queue page
         plans = [
             Plan("healthz", lambda r: "/healthz", lambda p, b: b.get("status") == "ok", {}),
             Plan(
@@ -822,7 +823,7 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
             Plan(
                 "queue page",
                 lambda r: "/indbakke",
-                lambda p, b: b.count('<a href="/henvendelser/') == PAGE and f">{first}</a>" in b,
+                lambda p, b: b.count('<a href="/henvendelser/') == PAGE and "Dagens tømning" in b,
                 session,
                 page=True,
             ),
@@ -1000,8 +1001,8 @@ def record(
             "store before the daemon started (`users.add`, `sessions.start`): no login form, no argon2 "
             f"per request. Each request sends the `{SESSION_COOKIE}` cookie, which the daemon looks up "
             "(writing its last use at most once a minute) as for any user. Every page response was "
-            "checked: 200, `text/html`, the reference in it (the queue page: 50 links, the oldest new "
-            "referral first; the referral page: its own `PK-` reference in the heading), so a redirect "
+            "checked: 200, `text/html`, the reference in it (the queue page: 50 links and today's "
+            "emptying status; the referral page: its own `PK-` reference in the heading), so a redirect "
             "to /login would fail the run.",
             f"- **The clients share the server's {os.cpu_count()} CPUs**: their CPU time (client column) is "
             "taken from the server"
