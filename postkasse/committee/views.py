@@ -8,7 +8,7 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import Connection, String, case, cast, func, select
+from sqlalchemy import Connection, String, cast, func, select
 
 from postkasse.clock import COPENHAGEN
 from postkasse.committee import forwarding, pathways, transfers
@@ -91,38 +91,51 @@ class QueueLine:
 def queue_lines(
     conn: Connection, code: str, state: str, now: datetime, flag: str | None, offset: int, limit: int
 ) -> tuple[list[Any], int]:
-    """A page of the municipality's queue in one state, urgent and overdue first, and the count of all."""
+    """A page of the municipality's queue in one state, urgent first, then by due time (so the overdue
+    come first), and the count of all.
+
+    Urgent and other referrals are read as two runs of the index (municipality, state, urgent, due_at,
+    id), so a page of a long queue is found without sorting the queue."""
     where = [referrals.c.municipality == code, referrals.c.state == state]
     if flag in ("urgent", "unread_reply"):
         where.append(referrals.c[flag].is_(True))
     elif flag in FLAGS:
         where.append(cast(referrals.c.flags, String).contains(f'"{flag}"'))
-    order: list[Any]
+    total = int(conn.execute(select(func.count()).select_from(referrals).where(*where)).scalar_one())
     if state == "handled":
         order = [referrals.c.handled_at.desc(), referrals.c.id.desc()]
-    else:
-        overdue = case((referrals.c.due_at <= now, 0), else_=1)
-        order = [referrals.c.urgent.desc(), overdue, referrals.c.due_at, referrals.c.id]
-    rows = conn.execute(
-        select(
-            *SUMMARY_COLUMNS,
-            referrals.c.cpr,
-            referrals.c.sender_kind,
-            referrals.c.queued_at,
-            referrals.c.warn_at,
-            referrals.c.handled_at,
-            messages.c.mail_from,
-            message_headers.c.from_header,
-        )
-        .join(messages, messages.c.id == referrals.c.message_id)
-        .outerjoin(message_headers, message_headers.c.message_id == messages.c.id)
-        .where(*where)
-        .order_by(*order)
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    total = conn.execute(select(func.count()).select_from(referrals).where(*where)).scalar_one()
-    return list(rows), int(total)
+        return _lines(conn, where, order, offset, limit), total
+    by_due = [referrals.c.due_at, referrals.c.id]
+    urgent = [*where, referrals.c.urgent.is_(True)]
+    first = int(conn.execute(select(func.count()).select_from(referrals).where(*urgent)).scalar_one())
+    rows = _lines(conn, urgent, by_due, offset, limit) if offset < first else []
+    if len(rows) < limit:
+        rest = [*where, referrals.c.urgent.is_(False)]
+        rows += _lines(conn, rest, by_due, max(offset - first, 0), limit - len(rows))
+    return rows, total
+
+
+def _lines(conn: Connection, where: list[Any], order: list[Any], offset: int, limit: int) -> list[Any]:
+    return list(
+        conn.execute(
+            select(
+                *SUMMARY_COLUMNS,
+                referrals.c.cpr,
+                referrals.c.sender_kind,
+                referrals.c.queued_at,
+                referrals.c.warn_at,
+                referrals.c.handled_at,
+                messages.c.mail_from,
+                message_headers.c.from_header,
+            )
+            .join(messages, messages.c.id == referrals.c.message_id)
+            .outerjoin(message_headers, message_headers.c.message_id == messages.c.id)
+            .where(*where)
+            .order_by(*order)
+            .offset(offset)
+            .limit(limit)
+        ).all()
+    )
 
 
 def badges(
