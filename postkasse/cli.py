@@ -225,22 +225,16 @@ def cmd_triage_assign(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_deadlines_report(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import datetime
 
-    from postkasse.clock import COPENHAGEN
     from postkasse.deadlines.assess import assess
     from postkasse.deadlines.report import render
     from postkasse.deadlines.rules import rulebook
     from postkasse.routing.municipalities import Municipalities
     from postkasse.store import Store
 
-    try:
-        at = datetime.fromisoformat(args.at)
-    except ValueError:
-        print(f"postkasse deadlines report: --at {args.at!r} is not an ISO 8601 time", file=sys.stderr)
+    at = _moment(args.at, "deadlines report")
+    if at is None:
         return 2
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=COPENHAGEN)  # a time without offset is Danish time
     municipalities = Municipalities.load(settings.routing.municipalities_file)
     participating = [m.code for m in municipalities.by_code.values() if m.participating]
     store = Store(settings.database.url)
@@ -364,16 +358,17 @@ def cmd_verify(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _moment(text: str, command: str) -> Any:
+    """An `--at` time: ISO 8601, Danish time when it names no offset; None (said why) when unreadable."""
     from datetime import datetime
+
+    from postkasse.clock import COPENHAGEN
 
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        at = None
-    if at is None or at.tzinfo is None:
-        print(f"postkasse {command}: --at {text!r} is not an ISO 8601 time with its offset", file=sys.stderr)
+        print(f"postkasse {command}: --at {text!r} is not an ISO 8601 time", file=sys.stderr)
         return None
-    return at
+    return at if at.tzinfo is not None else at.replace(tzinfo=COPENHAGEN)
 
 
 def cmd_subject(settings: Settings, args: argparse.Namespace) -> int:
@@ -417,9 +412,7 @@ def cmd_subject(settings: Settings, args: argparse.Namespace) -> int:
             return 1
     with store.write() as conn:
         erased = subjects.erase(conn, cpr, args.operator, args.reason, now)
-    if store.dialect == "sqlite":
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.truncate_log()
     print(f"erased the content of {len(erased)} referral(s): {' '.join(erased)}")
     return 0
 

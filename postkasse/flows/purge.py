@@ -23,8 +23,6 @@ def run_purge(store: Store, now: datetime, policy: Policy, dry_run: bool = False
     if removed is None:
         log.info("purge skipped: another daemon is purging")
         return None
-    if store.dialect == "sqlite":
-        with store.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.truncate_log()
     log.info("purge", **removed)
     return removed

@@ -48,6 +48,14 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def truncate_log(self) -> None:
+        """After content was removed: SQLite's write-ahead log still holds the old pages until it is
+        checkpointed and truncated (freed pages in the file itself are zeroed by `secure_delete`).
+        PostgreSQL's old row versions go with (auto)VACUUM."""
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
     @contextmanager
     def write(self) -> Iterator[Connection]:
         with _unavailable_when_busy(), self.engine.connect() as conn:

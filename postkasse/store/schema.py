@@ -80,6 +80,7 @@ messages = Table(
     Index(None, "message_id"),
     Index(None, "received_at"),
     Index(None, "sha256"),  # an IMAP message stored before a crash is recognised by its bytes
+    Index(None, "purged_at", "received_at"),
 )
 
 # Where each message taken from an IMAP folder was, so one left there by a crash is moved, not stored again.
@@ -228,6 +229,7 @@ referrals = Table(
     UniqueConstraint("message_id", "letter_id"),
     Index(None, "municipality", "state", "id"),
     Index(None, "municipality", "state", "urgent", "due_at", "id"),
+    Index(None, "unit"),
     Index(None, "municipality", "state", "queued_at"),
     Index(None, "municipality", "state", "handled_at"),
     Index(None, "state", "id"),
