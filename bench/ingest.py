@@ -148,8 +148,8 @@ class Sample:
 class CpuMeter:
     """Counts, over one run, CPU steal and the CPU time of processes that are not part of the run.
 
-    The run's own processes are the server (`pids`), PostgreSQL's processes when `postgres` is set,
-    and smtp-source (a reaped child, so it is in RUSAGE_CHILDREN); whatever else kept the CPUs busy
+    The run's own processes are the server (`pids`) with its children, PostgreSQL's processes when `postgres`
+    is set, and smtp-source (a reaped child, so it is in RUSAGE_CHILDREN); whatever else kept the CPUs busy
     was someone else's work, and makes the rates noisy.
     """
 
@@ -161,6 +161,9 @@ class CpuMeter:
 
     def _own(self) -> dict[int, int]:
         pids = list(self.pids)
+        for pid in self.pids:  # the server's own children: the embedded pipeline process
+            with contextlib.suppress(OSError, ValueError):
+                pids.extend(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
         if self.postgres:
             for entry in Path("/proc").iterdir():
                 if entry.name.isdigit():

@@ -18,17 +18,17 @@ from postkasse.config import ConfigError, Settings
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
-def cmd_serve(settings: Settings, _: argparse.Namespace) -> int:
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from postkasse.daemon import Daemon
     from postkasse.memory import tune_malloc
 
     tune_malloc()
-    asyncio.run(Daemon(settings).run())
+    asyncio.run(Daemon(settings, config_path=args.config).run())
     return 0
 
 
-def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
-    from postkasse import flows
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from postkasse import embedded, flows
     from postkasse.clock import SystemClock
     from postkasse.memory import tune_malloc
     from postkasse.retention.purge import Policy
@@ -36,7 +36,9 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
     from postkasse.tasks import Actors
     from postkasse.workers import make_broker, start_worker
 
-    if not settings.broker.url:
+    if args.embedded is not None:
+        embedded.become_child(args.embedded)
+    elif not settings.broker.url:
         print(
             "postkasse worker: broker.url is empty, so `serve` runs the workers itself; "
             "set broker.url (POSTKASSE_BROKER__URL=redis://...) to run them apart",
@@ -44,16 +46,24 @@ def cmd_worker(settings: Settings, _: argparse.Namespace) -> int:
         )
         return 2
     tune_malloc()
-    store = Store(settings.database.url)
+    store = Store(settings.database.url, pool_size=settings.broker.worker_threads + 4)
     broker = make_broker(settings)
-    pipeline = flows.build(settings, store, SystemClock())
-    Actors(broker, pipeline, flows.periodic(pipeline, Policy.of(settings.retention)))
+    clock = SystemClock()
+    pipeline = flows.build(settings, store, clock)
+    actors = Actors(broker, pipeline, flows.periodic(pipeline, Policy.of(settings.retention)))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     worker = start_worker(broker, settings.broker.worker_threads)
-    logs.get("postkasse.worker").info("worker running", threads=settings.broker.worker_threads)
+    background = (
+        embedded.duties(settings, store, clock, actors, stop.set) if args.embedded is not None else []
+    )
+    logs.get("postkasse.worker").info(
+        "worker running", threads=settings.broker.worker_threads, embedded=args.embedded is not None
+    )
     stop.wait()
+    for duty in background:
+        duty.stop()
     worker.stop()
     broker.close()
     store.dispose()
@@ -587,6 +597,8 @@ def parser() -> argparse.ArgumentParser:
     ]
     for name, func, text in commands:
         sub.add_parser(name, help=text, description=text).set_defaults(func=func)
+    # `serve` starts its own pipeline process this way when it has no broker; not for people to run.
+    sub.choices["worker"].add_argument("--embedded", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
 
     refdata = sub.add_parser("refdata", help="reference data").add_subparsers(dest="action", required=True)
     importer = refdata.add_parser("import", help="replace one kind of reference data with a file")

@@ -1,7 +1,8 @@
 """Configuration: a TOML file with environment overrides ``POSTKASSE_<SECTION>__<KEY>``.
 
 Precedence, highest first: environment, the TOML file, the defaults below. The defaults are the
-embedded set-up (SQLite under ./var, in-process workers, loopback ports) so one command runs it all.
+embedded set-up (SQLite under ./var, the workers in a child process of serve, loopback ports) so one
+command runs it all.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class DatabaseSettings(_Section):
 
 
 class BrokerSettings(_Section):
-    url: str = Field("", description="redis://...; empty runs the workers inside `serve`")
+    url: str = Field("", description="redis://...; empty: `serve` runs the workers in a child process")
     namespace: str = "postkasse"
     worker_threads: int = Field(4, ge=1, le=64)
 

@@ -1,4 +1,5 @@
-"""`postkasse serve`: SMTP and HTTP on one event loop, the store writer, and (embedded) the workers."""
+"""`postkasse serve`: SMTP and HTTP on one event loop and the store writer; with no broker, it also starts
+the pipeline's own process (`embedded`), and with one, the outbox redriver and the periodic tickers."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from datetime import timedelta
 import anyio.to_thread
 import uvicorn
 
-from postkasse import flows, kinds, logs, workers
+from postkasse import flows, logs, workers
 from postkasse.clock import Clock, SystemClock
 from postkasse.committee.api import Api
 from postkasse.committee.audit import AuditLog
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import Settings
+from postkasse.embedded import PipelineProcess, child_command
 from postkasse.gauges import StoreGauges
 from postkasse.inbox import Inbox
 from postkasse.mailbox.committer import GroupCommitter
@@ -30,7 +32,7 @@ from postkasse.store import Store, Stored
 from postkasse.store.migrate import upgrade
 from postkasse.tasks import Actors
 from postkasse.web import create_app
-from postkasse.workers import make_broker, start_worker
+from postkasse.workers import make_broker
 
 log = logs.get(__name__)
 
@@ -47,11 +49,13 @@ class _Uvicorn(uvicorn.Server):
 
 
 class Daemon:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, config_path: str | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         # One connection for each thread that may use the store at once, so none is opened per request.
-        self.store = Store(settings.database.url, pool_size=HTTP_THREADS + settings.broker.worker_threads + 4)
+        self.store = Store(settings.database.url, pool_size=HTTP_THREADS + 4)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
         self.broker = make_broker(settings)
         self.parts = flows.parts(settings)
@@ -59,10 +63,14 @@ class Daemon:
         self.actors = Actors(
             self.broker, self.pipeline, flows.periodic(self.pipeline, Policy.of(settings.retention))
         )
+        # With no broker the work goes over a pipe to the pipeline's own process, which does what the redriver
+        # and the tickers do here when there is a broker.
+        self.embedded = None if settings.broker.url else PipelineProcess(child_command(config_path or None))
+        self.dispatch = self.embedded.dispatch if self.embedded is not None else self.actors.dispatch
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
-        self.actors.dispatch([Next(s.outbox_id, s.kind) for s in stored])
+        self.dispatch([Next(s.outbox_id, s.kind) for s in stored])
 
     async def run(self) -> None:
         # The event loop gives up the GIL at every socket call and must win it back from the store
@@ -80,25 +88,22 @@ class Daemon:
         )
         await loop.run_in_executor(None, upgrade, self.store)
 
-        embedded = not self.settings.broker.url
-        worker = start_worker(self.broker, self.settings.broker.worker_threads) if embedded else None
-        redriver = workers.redriver(
-            self.store, self.clock, self.lease, self.actors, self.settings.outbox.redrive_interval_seconds
-        )
-        redriver.start()
-        # Every daemon asks for the check; when several run, the check itself keeps alerts to one each.
-        deadline_ticker = workers.Periodic(
-            "deadline-ticker",
-            self.settings.deadlines.check_interval_seconds,
-            lambda: self.actors.schedule(kinds.DEADLINE_CHECK),
-        )
-        deadline_ticker.start()
-        purge_ticker = workers.Periodic(
-            "purge-ticker",
-            self.settings.retention.interval_hours * 3600,
-            lambda: self.actors.schedule(kinds.PURGE),
-        )
-        purge_ticker.start()
+        duties: list[workers.Periodic] = []
+        if self.embedded is not None:
+            self.embedded.start()
+        else:
+            duties = [
+                workers.redriver(
+                    self.store,
+                    self.clock,
+                    self.lease,
+                    self.actors,
+                    self.settings.outbox.redrive_interval_seconds,
+                ),
+                *workers.tickers(self.settings, self.actors),
+            ]
+        for duty in duties:
+            duty.start()
 
         committer = GroupCommitter(self.store, flows.FIRST_STEP, self.lease, self._dispatch_stored)
         committer.start()
@@ -117,7 +122,7 @@ class Daemon:
             clock=self.clock,
             municipalities=municipalities,
             pipeline=self.pipeline,
-            dispatch=self.actors.dispatch,
+            dispatch=self.dispatch,
             from_address=self.settings.outbound.from_address,
             audit_log=AuditLog(self.store),
             rules=rules,
@@ -136,7 +141,7 @@ class Daemon:
             )
         )
         http_task = loop.create_task(http.serve(), name="http")
-        log.info("postkasse serving", embedded_workers=embedded)
+        log.info("postkasse serving", embedded_pipeline=self.embedded is not None)
 
         await self.stop_requested.wait()
         log.info("shutting down")
@@ -145,11 +150,10 @@ class Daemon:
         http.should_exit = True
         await http_task
         api.audit_log.close()
-        deadline_ticker.stop()
-        purge_ticker.stop()
-        redriver.stop()
-        if worker is not None:
-            await loop.run_in_executor(None, worker.stop)
+        for duty in duties:
+            duty.stop()
+        if self.embedded is not None:
+            await self.embedded.stop()
         self.broker.close()
         self.store.dispose()
         log.info("stopped")

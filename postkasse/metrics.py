@@ -24,6 +24,10 @@ SMTP_SESSIONS = Gauge("postkasse_smtp_sessions", "Open SMTP sessions")
 OUTBOX_DISPATCHED = Counter(
     "postkasse_outbox_dispatched_total", "Outbox rows sent to the broker", ["kind", "why"]
 )
+PIPELINE_PROCESS_RESTARTS = Counter(
+    "postkasse_pipeline_process_restarts_total",
+    "Times the embedded pipeline process exited unasked and `serve` started it again",
+)
 OUTBOX_DONE = Counter("postkasse_outbox_done_total", "Outbox work completed", ["kind"])
 OUTBOX_FAILED = Counter("postkasse_outbox_failed_total", "Outbox work that failed its last attempt", ["kind"])
 OUTBOX_ERRORS = Counter("postkasse_outbox_errors_total", "Outbox attempts that raised", ["kind"])

@@ -11,7 +11,7 @@ from dramatiq.broker import Broker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from postkasse import errors, logs
+from postkasse import errors, kinds, logs
 from postkasse.clock import Clock
 from postkasse.config import Settings
 from postkasse.pipeline import Next
@@ -96,3 +96,18 @@ def redriver(store: Store, clock: Clock, lease: timedelta, actors: Actors, inter
         first[0] = False
 
     return Periodic("outbox-redriver", interval, job)
+
+
+def tickers(settings: Settings, actors: Actors) -> list[Periodic]:
+    """Ask for the deadline check and the purge now and then. Every process that has them asks; when several
+    run, the jobs themselves keep their alerts and deletions to one each."""
+    return [
+        Periodic(
+            "deadline-ticker",
+            settings.deadlines.check_interval_seconds,
+            lambda: actors.schedule(kinds.DEADLINE_CHECK),
+        ),
+        Periodic(
+            "purge-ticker", settings.retention.interval_hours * 3600, lambda: actors.schedule(kinds.PURGE)
+        ),
+    ]

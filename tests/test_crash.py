@@ -228,3 +228,51 @@ def test_receipts_cut_off_by_a_killed_daemon_reach_the_relay_exactly_once(
     finally:
         store.dispose()
         relay.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as listing:
+        return [int(child) for child in listing.read().split()]
+
+
+def niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_embedded_pipeline_process_is_restarted_and_dies_with_serve(
+    daemon_factory: type[Daemon], tmp_path: Path, database_url: str
+) -> None:
+    """With no broker the pipeline runs in a child of `serve`, below its priority. Killed, it is started
+    again and does the work that arrived meanwhile; when `serve` is killed, the child goes with it."""
+    daemon = daemon_factory(tmp_path, database_url)
+    daemon.start()
+    assert daemon.proc is not None
+    wait_until(lambda: len(children_of(daemon.proc.pid)) == 1, 30, "the pipeline process")
+    (pipeline,) = children_of(daemon.proc.pid)
+    wait_until(lambda: niceness(pipeline) > niceness(daemon.proc.pid), 30, "the pipeline to lower itself")
+    store = Store(database_url)
+    send_many(daemon, 5)
+    wait_until(lambda: all_done(store, 5), 60, "the first messages to be processed")
+
+    os.kill(pipeline, 9)
+    send_many(daemon, 5)  # acknowledged while no pipeline process runs
+    wait_until(
+        lambda: [c for c in children_of(daemon.proc.pid) if c != pipeline and alive(c)], 30, "a new pipeline"
+    )
+    wait_until(lambda: all_done(store, 10), 60, "the messages that came while it was down to be processed")
+    assert "pipeline process exited; starting it again" in daemon.log()
+
+    (restarted,) = [c for c in children_of(daemon.proc.pid) if alive(c)]
+    daemon.kill()
+    wait_until(lambda: not alive(restarted), 10, "the pipeline process to die with serve")
+    store.dispose()
