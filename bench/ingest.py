@@ -72,16 +72,17 @@ MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 IDLE_TIMEOUT_SECONDS = 300.0
 
 WORKER_LAYOUTS = {
-    "embedded": "the pipeline's workers inside `serve` (the embedded default)",
+    "embedded": "the pipeline's workers in the process `serve` starts for them (the embedded default)",
     "process": "the pipeline's workers in a `postkasse worker` process, over Redis (the production layout)",
     "none": "no workers during the run: the work waits in Redis and the outbox (ingest alone)",
 }
 
 
-def section_markers(workers: str) -> tuple[str, str]:
+def section_markers(workers: str, processes: int = 1) -> tuple[str, str]:
+    name = f"--workers {workers}" + (f" --processes {processes}" if processes > 1 else "")
     return (
-        f"<!-- bench/ingest.py --workers {workers}: begin (replaced by --record) -->",
-        f"<!-- bench/ingest.py --workers {workers}: end -->",
+        f"<!-- bench/ingest.py {name}: begin (replaced by --record) -->",
+        f"<!-- bench/ingest.py {name}: end -->",
     )
 
 
@@ -282,7 +283,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @contextlib.contextmanager
-def postkasse(database_url: str, log_level: str, name: str, workers: str = "embedded") -> Iterator[Server]:
+def postkasse(
+    database_url: str, log_level: str, name: str, workers: str = "embedded", processes: int = 1
+) -> Iterator[Server]:
     """`python -m postkasse serve` on `database_url`, once /readyz answers 200.
 
     workers: `embedded` runs the pipeline inside serve (the default set-up); `process` hands it over Redis
@@ -312,6 +315,9 @@ idle_timeout_seconds = {IDLE_TIMEOUT_SECONDS}
 [http]
 host = "{HOST}"
 port = {http_port}
+
+[serve]
+processes = {processes}
 
 [log]
 level = "{log_level}"
@@ -509,6 +515,7 @@ def measure(
     log_level: str,
     timeout: float,
     workers: str = "embedded",
+    processes: int = 1,
 ) -> Results:
     """`runs` rounds; each measures the baseline and every store once, the order rotating by round."""
     results = Results(load)
@@ -529,7 +536,7 @@ def measure(
             name = f"postkasse-{store.label}"
             url = store.create(name)
             try:
-                with postkasse(url, log_level, name, workers) as server:
+                with postkasse(url, log_level, name, workers, processes) as server:
                     sample = send(tool, load, server, timeout, postgres=isinstance(store, PostgresStore))
                     stored = store.count()
             finally:
@@ -596,19 +603,25 @@ def verdicts(results: Results) -> list[str]:
 
 
 def record(
-    results: Results, tool: SmtpSource, stores: Sequence[Store], argv: Sequence[str], workers: str
+    results: Results,
+    tool: SmtpSource,
+    stores: Sequence[Store],
+    argv: Sequence[str],
+    workers: str,
+    processes: int = 1,
 ) -> None:
     """Replace this script's section for `workers` in bench/RESULTS.md (or append it), keeping all else."""
-    SECTION_BEGIN, SECTION_END = section_markers(workers)
+    SECTION_BEGIN, SECTION_END = section_markers(workers, processes)
     load = results.load
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     per_connection = "kept open (-d)" if load.keep_connections else "one message per connection"
     record_section(
         SECTION_BEGIN,
         SECTION_END,
-        f"## SMTP ingest: durable 250 against a bare aiosmtpd server (workers: {workers})",
+        f"## SMTP ingest: durable 250 against a bare aiosmtpd server (workers: {workers}"
+        + (f", {processes} acceptor processes)" if processes > 1 else ")"),
         [
-            f"- Layout: {WORKER_LAYOUTS[workers]}",
+            f"- Layout: {WORKER_LAYOUTS[workers]}; `serve.processes = {processes}`",
             command("ingest.py", argv),
             f"- Date: {today}",
             f"- Machine: {machine_line(sqlite=False)}",
@@ -671,10 +684,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="where the pipeline runs: inside serve (default), a `postkasse worker` process over Redis, "
         "or nowhere during the run (ingest alone)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="`serve.processes`: acceptor processes sharing the SMTP port (default: 1, as shipped)",
+    )
     parser.add_argument("--record", action="store_true", help="write the result into bench/RESULTS.md")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("messages", "sessions", "size", "runs"):
+    for name in ("messages", "sessions", "size", "runs", "processes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     return args
@@ -697,7 +716,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stores.append(PostgresStore(args.pg_admin_url))
         machine = machine_line(sqlite=False)
         print(f"smtp-source (Postfix {tool.version}) {' '.join(load.args(0)[:-1])}; {machine}", flush=True)
-        results = measure(tool, load, stores, args.runs, args.log_level, args.timeout, args.workers)
+        results = measure(
+            tool, load, stores, args.runs, args.log_level, args.timeout, args.workers, args.processes
+        )
     except BenchError as exc:
         print(f"bench/ingest.py: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -707,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(f"noise during the runs: {results.noise()}")
     if args.record:
-        record(results, tool, stores, argv, args.workers)
+        record(results, tool, stores, argv, args.workers, args.processes)
     return 0
 
 

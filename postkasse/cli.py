@@ -19,11 +19,18 @@ Command = Callable[[Settings, argparse.Namespace], int]
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from postkasse.daemon import Daemon
-    from postkasse.memory import tune_malloc
+    from postkasse import metrics_dir
 
-    tune_malloc()
-    asyncio.run(Daemon(settings, config_path=args.config).run())
+    starts_children = not settings.broker.url or settings.serve.processes > 1
+    with metrics_dir.shared(starts_children and args.acceptor is None):
+        from postkasse import embedded
+        from postkasse.daemon import Daemon
+        from postkasse.memory import tune_malloc
+
+        if args.acceptor is not None:
+            embedded.become_child(args.acceptor)
+        tune_malloc()
+        asyncio.run(Daemon(settings, config_path=args.config, serve_pid=args.acceptor).run())
     return 0
 
 
@@ -37,7 +44,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from postkasse.workers import make_broker, start_worker
 
     if args.embedded is not None:
-        embedded.become_child(args.embedded)
+        embedded.become_child(args.embedded, embedded.PIPELINE_NICENESS)
     elif not settings.broker.url:
         print(
             "postkasse worker: broker.url is empty, so `serve` runs the workers itself; "
@@ -56,7 +63,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     worker = start_worker(broker, settings.broker.worker_threads)
     background = (
-        embedded.duties(settings, store, clock, actors, stop.set) if args.embedded is not None else []
+        [] if args.embedded is None else embedded.duties(settings, store, clock, actors, args.embedded)
     )
     logs.get("postkasse.worker").info(
         "worker running", threads=settings.broker.worker_threads, embedded=args.embedded is not None
@@ -597,8 +604,9 @@ def parser() -> argparse.ArgumentParser:
     ]
     for name, func, text in commands:
         sub.add_parser(name, help=text, description=text).set_defaults(func=func)
-    # `serve` starts its own pipeline process this way when it has no broker; not for people to run.
-    sub.choices["worker"].add_argument("--embedded", type=int, metavar="PARENT_PID", help=argparse.SUPPRESS)
+    # How `serve` starts its own pipeline process (with no broker) and its further acceptors; not for people.
+    sub.choices["worker"].add_argument("--embedded", type=int, metavar="SERVE_PID", help=argparse.SUPPRESS)
+    sub.choices["serve"].add_argument("--acceptor", type=int, metavar="SERVE_PID", help=argparse.SUPPRESS)
 
     refdata = sub.add_parser("refdata", help="reference data").add_subparsers(dest="action", required=True)
     importer = refdata.add_parser("import", help="replace one kind of reference data with a file")

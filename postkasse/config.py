@@ -104,6 +104,15 @@ class HttpSettings(_Section):
     port: int = Field(8025, ge=0, le=65535)
 
 
+class ServeSettings(_Section):
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes taking SMTP and HTTP on one port each (SO_REUSEPORT), each with the limits",
+    )
+
+
 class OidcSettings(_Section):
     """Log in through the organisation's OpenID Connect provider (authorization code flow)."""
 
@@ -405,6 +414,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)

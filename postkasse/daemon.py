@@ -1,11 +1,13 @@
-"""`postkasse serve`: SMTP and HTTP on one event loop and the store writer; with no broker, it also starts
-the pipeline's own process (`embedded`), and with one, the outbox redriver and the periodic tickers."""
+"""`postkasse serve`: SMTP and HTTP on one event loop and the store writer, in one process or in several
+sharing the ports; with no broker, the pipeline in a process of its own (`embedded`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -13,13 +15,12 @@ from datetime import timedelta
 import anyio.to_thread
 import uvicorn
 
-from postkasse import flows, logs, workers
+from postkasse import embedded, flows, logs, metrics_dir, workers
 from postkasse.clock import Clock, SystemClock
 from postkasse.committee.api import Api
 from postkasse.committee.audit import AuditLog
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import Settings
-from postkasse.embedded import PipelineProcess, child_command
 from postkasse.gauges import StoreGauges
 from postkasse.inbox import Inbox
 from postkasse.mailbox.committer import GroupCommitter
@@ -49,11 +50,21 @@ class _Uvicorn(uvicorn.Server):
 
 
 class Daemon:
+    """The first `serve` process (`serve_pid` None) migrates the store, reads IMAP and starts the others: the
+    pipeline process (with no broker) and `serve.processes - 1` further acceptors, which take SMTP and HTTP
+    on the same ports. With a broker, it also redrives the outbox and asks for the periodic jobs."""
+
     def __init__(
-        self, settings: Settings, clock: Clock | None = None, config_path: str | None = None
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        config_path: str | None = None,
+        serve_pid: int | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.first = serve_pid is None
+        self.serve_pid = serve_pid or os.getpid()
         # One connection for each thread that may use the store at once, so none is opened per request.
         self.store = Store(settings.database.url, pool_size=HTTP_THREADS + 4)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
@@ -63,18 +74,53 @@ class Daemon:
         self.actors = Actors(
             self.broker, self.pipeline, flows.periodic(self.pipeline, Policy.of(settings.retention))
         )
-        # With no broker the work goes over a pipe to the pipeline's own process, which does what the redriver
-        # and the tickers do here when there is a broker.
-        self.embedded = None if settings.broker.url else PipelineProcess(child_command(config_path or None))
-        self.dispatch = self.embedded.dispatch if self.embedded is not None else self.actors.dispatch
+        self.handoff = None if settings.broker.url else embedded.Handoff(self.serve_pid)
+        self.dispatch = self.handoff.dispatch if self.handoff is not None else self.actors.dispatch
+        self.children: list[embedded.Child] = []
+        if self.first and self.handoff is not None:
+            self.children.append(
+                embedded.Child("pipeline", embedded.pipeline_command(config_path), metrics_dir.process_ended)
+            )
+        if self.first:
+            self.children.extend(
+                embedded.Child(
+                    f"acceptor-{n}", embedded.acceptor_command(config_path), metrics_dir.process_ended
+                )
+                for n in range(2, settings.serve.processes + 1)
+            )
+        self.shared_ports = settings.serve.processes > 1
         self.stop_requested = asyncio.Event()
 
     def _dispatch_stored(self, stored: Sequence[Stored]) -> None:
         self.dispatch([Next(s.outbox_id, s.kind) for s in stored])
 
+    def _duties(self) -> list[workers.Periodic]:
+        """With a broker and no pipeline process to do them: the redriver and the periodic tickers."""
+        if not self.first or self.handoff is not None:
+            return []
+        redrive_every = self.settings.outbox.redrive_interval_seconds
+        return [
+            workers.redriver(self.store, self.clock, self.lease, self.actors, redrive_every),
+            *workers.tickers(self.settings, self.actors),
+        ]
+
+    def _http_sockets(self) -> list[socket.socket] | None:
+        """Shared ports need SO_REUSEPORT on every process's socket, so they are made here, not by uvicorn."""
+        if not self.shared_ports:
+            return None
+        host, port = self.settings.http.host, self.settings.http.port
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        return [sock]
+
     async def run(self) -> None:
         # The event loop gives up the GIL at every socket call and must win it back from the store
-        # writer and worker threads; a short switch interval keeps SMTP answers from queueing behind them.
+        # writer and HTTP threads; a short switch interval keeps SMTP answers from queueing behind them.
         sys.setswitchinterval(SWITCH_INTERVAL)
         anyio.to_thread.current_default_thread_limiter().total_tokens = HTTP_THREADS
         loop = asyncio.get_running_loop()
@@ -86,22 +132,11 @@ class Daemon:
         count_accept_errors(
             loop, Tally("accept failed: out of descriptors or memory; retrying", loop.call_later)
         )
-        await loop.run_in_executor(None, upgrade, self.store)
-
-        duties: list[workers.Periodic] = []
-        if self.embedded is not None:
-            self.embedded.start()
-        else:
-            duties = [
-                workers.redriver(
-                    self.store,
-                    self.clock,
-                    self.lease,
-                    self.actors,
-                    self.settings.outbox.redrive_interval_seconds,
-                ),
-                *workers.tickers(self.settings, self.actors),
-            ]
+        if self.first:
+            await loop.run_in_executor(None, upgrade, self.store)
+        for child in self.children:
+            child.start()
+        duties = self._duties()
         for duty in duties:
             duty.start()
 
@@ -111,9 +146,10 @@ class Daemon:
             self.settings.smtp,
             MailboxHandler(self.settings.smtp.accept_addresses, committer, self.clock),
             max_sessions,
+            reuse_port=self.shared_ports,
         )
         await smtp.start()
-        imap = ImapChannel(self.settings.imap, committer, self.store, self.clock)
+        imap = ImapChannel(self.settings.imap if self.first else [], committer, self.store, self.clock)
         imap.start()
         municipalities, rules = self.parts.municipalities, self.parts.rules
         api = Api(
@@ -140,8 +176,13 @@ class Daemon:
                 lifespan="off",
             )
         )
-        http_task = loop.create_task(http.serve(), name="http")
-        log.info("postkasse serving", embedded_pipeline=self.embedded is not None)
+        http_task = loop.create_task(http.serve(sockets=self._http_sockets()), name="http")
+        log.info(
+            "postkasse serving",
+            pipeline_process=self.handoff is not None,
+            processes=self.settings.serve.processes,
+            first=self.first,
+        )
 
         await self.stop_requested.wait()
         log.info("shutting down")
@@ -152,8 +193,9 @@ class Daemon:
         api.audit_log.close()
         for duty in duties:
             duty.stop()
-        if self.embedded is not None:
-            await self.embedded.stop()
+        await asyncio.gather(*(child.stop() for child in self.children))
+        if self.handoff is not None:
+            self.handoff.close()
         self.broker.close()
         self.store.dispose()
         log.info("stopped")

@@ -20,13 +20,14 @@ COMMIT_GROUP_SIZE = Histogram(
     "Messages written by one commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
-SMTP_SESSIONS = Gauge("postkasse_smtp_sessions", "Open SMTP sessions")
+SMTP_SESSIONS = Gauge("postkasse_smtp_sessions", "Open SMTP sessions", multiprocess_mode="livesum")
 OUTBOX_DISPATCHED = Counter(
     "postkasse_outbox_dispatched_total", "Outbox rows sent to the broker", ["kind", "why"]
 )
-PIPELINE_PROCESS_RESTARTS = Counter(
-    "postkasse_pipeline_process_restarts_total",
-    "Times the embedded pipeline process exited unasked and `serve` started it again",
+CHILD_RESTARTS = Counter(
+    "postkasse_child_restarts_total",
+    "Times a process `serve` started (the pipeline, a further acceptor) exited unasked and was started again",
+    ["role"],
 )
 OUTBOX_DONE = Counter("postkasse_outbox_done_total", "Outbox work completed", ["kind"])
 OUTBOX_FAILED = Counter("postkasse_outbox_failed_total", "Outbox work that failed its last attempt", ["kind"])
@@ -38,6 +39,7 @@ IMAP_LAST_CYCLE = Gauge(
     "postkasse_imap_last_cycle_timestamp_seconds",
     "When the account's folder was last emptied (a poll or IDLE cycle completed); the daemon's start before",
     ["account"],
+    multiprocess_mode="max",
 )
 IMAP_TAKEN = Counter(
     "postkasse_imap_messages_taken_total", "Messages stored from an IMAP account", ["account"]
@@ -56,6 +58,7 @@ IMAP_READING = Gauge(
     "postkasse_imap_reading",
     "1 while this daemon holds the account's lease and reads it; 0 while another daemon does",
     ["account"],
+    multiprocess_mode="livemax",
 )
 IMAP_ERRORS = Counter(
     "postkasse_imap_errors_total", "IMAP sessions ended by an error (followed by a reconnection)", ["account"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from postkasse import __version__
+from postkasse import __version__, metrics_dir
 from postkasse.committee.api import Api, install
 from postkasse.inbox import Inbox
 from postkasse.inbox import install as install_inbox
@@ -62,9 +64,13 @@ def create_app(
     own = CollectorRegistry(auto_describe=False)
     if gauges is not None:
         own.register(gauges)
+    counted = REGISTRY
+    if os.environ.get(metrics_dir.ENV):  # `serve` with children: the counts of all its processes, summed
+        counted = CollectorRegistry()
+        MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
 
     @app.get("/metrics", tags=["operations"], include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest() + generate_latest(own), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(counted) + generate_latest(own), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -6,6 +6,7 @@ but is never half-stored; every stored message's work completes exactly once aft
 
 from __future__ import annotations
 
+import contextlib
 import email
 import hashlib
 import os
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from postkasse.store import Store, outbox
@@ -270,9 +272,71 @@ def test_embedded_pipeline_process_is_restarted_and_dies_with_serve(
         lambda: [c for c in children_of(daemon.proc.pid) if c != pipeline and alive(c)], 30, "a new pipeline"
     )
     wait_until(lambda: all_done(store, 10), 60, "the messages that came while it was down to be processed")
-    assert "pipeline process exited; starting it again" in daemon.log()
+    assert "child process exited; starting it again" in daemon.log()
+    assert metric_sum(daemon, "postkasse_child_restarts_total") == 1
 
     (restarted,) = [c for c in children_of(daemon.proc.pid) if alive(c)]
     daemon.kill()
     wait_until(lambda: not alive(restarted), 10, "the pipeline process to die with serve")
+    store.dispose()
+
+
+def metric_sum(daemon: Daemon, name: str) -> float:
+    """A metric summed over its labels, as /metrics gives it (whichever process answered)."""
+    _, body = daemon.get("/metrics")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def listening_pids(port: int) -> set[int]:
+    """The processes holding a listening TCP socket on `port` (Linux's /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                    pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_several_acceptor_processes_share_the_ports_and_count_as_one(
+    daemon_factory: type[Daemon], tmp_path: Path, database_url: str
+) -> None:
+    """`serve.processes = 2`: both processes listen on the SMTP and HTTP ports; /metrics, whichever answers,
+    counts the mail all of them took; a killed acceptor is started again and no mail is refused meanwhile."""
+    daemon = daemon_factory(tmp_path, database_url, serve={"processes": 2})
+    daemon.start()
+    assert daemon.proc is not None
+    serve = daemon.proc.pid
+    wait_until(lambda: len(listening_pids(daemon.smtp_port)) == 2, 30, "two processes on the SMTP port")
+    (acceptor,) = listening_pids(daemon.smtp_port) - {serve}
+    assert acceptor in children_of(serve)
+    wait_until(lambda: listening_pids(daemon.http_port) == {serve, acceptor}, 30, "both on the HTTP port")
+
+    send_many(daemon, 20)
+    os.kill(acceptor, 9)
+    wait_until(
+        lambda: listening_pids(daemon.smtp_port) == {serve}, 10, "the killed acceptor's socket to close"
+    )
+    send_many(daemon, 20)  # the one left takes every connection
+    wait_until(lambda: len(listening_pids(daemon.smtp_port)) == 2, 30, "the acceptor started again")
+    store = Store(database_url)
+    wait_until(lambda: all_done(store, 40), 60, "all messages to be processed")
+    # The killed process's counts are kept in the shared directory: the sum never goes back.
+    assert {metric_sum(daemon, "postkasse_messages_accepted_total") for _ in range(10)} == {40}
+    assert metric_sum(daemon, "postkasse_child_restarts_total") == 1
+    assert daemon.terminate() == 0
+    assert not listening_pids(daemon.smtp_port)
     store.dispose()

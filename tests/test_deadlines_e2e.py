@@ -39,6 +39,7 @@ NOT_SEEN_HERE = {
     "postkasse_mail_failed_total",
     "postkasse_outbox_failed_total",
     "postkasse_outbox_errors_total",
+    "postkasse_child_restarts_total",
     "postkasse_imap_last_cycle_timestamp_seconds",  # the IMAP series exist only with an [[imap]] account
     "postkasse_imap_messages_taken_total",
     "postkasse_imap_messages_recognised_total",

@@ -59,7 +59,7 @@ METRICS: dict[str, frozenset[str]] = {
     "postkasse_store_commit_group_size_sum": frozenset(),
     "postkasse_store_commit_group_size_count": frozenset(),
     "postkasse_outbox_dispatched_total": frozenset({"kind", "why"}),
-    "postkasse_pipeline_process_restarts_total": frozenset(),
+    "postkasse_child_restarts_total": frozenset({"role"}),
     "postkasse_outbox_errors_total": frozenset({"kind"}),
     "postkasse_imap_last_cycle_timestamp_seconds": frozenset({"account"}),
     "postkasse_imap_messages_taken_total": frozenset({"account"}),
@@ -79,7 +79,7 @@ NOT_ON_DASHBOARD = frozenset(
         "postkasse_outbox_dispatched_total",
         "postkasse_outbox_errors_total",
         "postkasse_store_gauges_ok",
-        "postkasse_pipeline_process_restarts_total",  # the log says it too; outbox age alerts when it matters
+        "postkasse_child_restarts_total",  # the log says so too; the outbox's age alerts when it matters
     }
 )
 # Series Prometheus makes itself, and the labels it adds to every scraped series.

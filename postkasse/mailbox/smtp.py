@@ -384,10 +384,16 @@ class SmtpServer:
     """The listening socket and the sessions on it, within their limits overall and per client address."""
 
     def __init__(
-        self, settings: SmtpSettings, handler: MailboxHandler, max_sessions: int | None = None
+        self,
+        settings: SmtpSettings,
+        handler: MailboxHandler,
+        max_sessions: int | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         self.settings = settings
         self.handler = handler
+        self.reuse_port = reuse_port  # several processes accept on the port, the kernel spreads connections
         self.max_sessions = max_sessions or settings.max_sessions
         self.sessions: set[MailboxSMTP] = set()
         self.per_client: Counter[str] = Counter()
@@ -446,7 +452,11 @@ class SmtpServer:
         loop = asyncio.get_running_loop()
         self.refusals = Tally("smtp connections refused", loop.call_later)
         self.server = await loop.create_server(
-            self._protocol, self.settings.host, self.settings.port, backlog=LISTEN_BACKLOG
+            self._protocol,
+            self.settings.host,
+            self.settings.port,
+            backlog=LISTEN_BACKLOG,
+            reuse_port=self.reuse_port or None,
         )
         log.info(
             "smtp listening",

@@ -1,0 +1,37 @@
+"""One directory that `serve` and the processes it starts count their metrics into.
+
+Set before `prometheus_client` is first imported (it decides then how it keeps its values), so /metrics,
+whichever process answers it, sums the counts of all of them: the acceptors' and the pipeline process's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def shared(wanted: bool) -> Iterator[None]:
+    """A fresh directory for this `serve` and its children, removed when it stops; children inherit it."""
+    if not wanted or os.environ.get(ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="postkasse-metrics-")
+    os.environ[ENV] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_ended(pid: int) -> None:
+    """Drop a dead process's live gauges (its open SMTP sessions, say) from the sums."""
+    if os.environ.get(ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
