@@ -837,6 +837,9 @@ def verdict(r: Result) -> str:
 
 
 def server_cpu(r: Result) -> str:
+    """CPU ms per message sent; none for a run stopped early, whose processes were stopped with work left."""
+    if r.stopped:
+        return "– (stopped early)"
     names = [n for n in ("serve", "worker", "postgres", "redis-server", "sink", "load client") if n in r.cpu]
     return ", ".join(f"{n} {r.cpu_ms(n):.1f}" for n in names)
 
@@ -1014,11 +1017,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if target:
             t = target[0]
             met = "MET" if t.passed else "NOT MET"
-            summary.append(
-                f"{layout}: target {met}: at {t.rate:.0f} msg/s for {t.duration:.0f} s "
-                f"the p99 was {ms(t.q(0.99))} "
-                f"({t.late:,} late, {t.lost:,} lost of {t.sent:,})"
+            outcome = (
+                f"the run was {t.stopped}"
+                if t.stopped
+                else f"the p99 was {ms(t.q(0.99))} ({t.late:,} late, {t.lost:,} lost of {t.sent:,})"
             )
+            summary.append(f"{layout}: target {met}: at {t.rate:.0f} msg/s for {t.duration:.0f} s {outcome}")
         if bests.get(layout) is not None:
             summary.append(
                 f"{layout}: highest steady rate found with the p99 under 200 ms: {bests[layout]:.0f} msg/s"
