@@ -114,6 +114,16 @@ class Process:
 class Worker(Process):
     command = "worker"
 
+    def wait_ready(self) -> None:
+        """Until it has its broker and threads (it says so in its log, at level INFO)."""
+
+        def ready() -> bool:
+            if not self.running:
+                raise AssertionError(f"postkasse worker exited:\n{self.log()}")
+            return "worker running" in self.log()
+
+        wait_until(ready, STARTUP_SECONDS, f"postkasse worker to be ready; log:\n{self.log()}")
+
 
 class Daemon(Process):
     """`postkasse serve` on free loopback ports, with a config written from the arguments."""
