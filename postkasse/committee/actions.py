@@ -262,10 +262,12 @@ class Actions:
         flag = flag if flag in views.FLAGS else None
         now = self.clock.now()
         with self.store.read() as conn:
+            waiting, oldest = assess.waiting(conn, code)
+            known = waiting if state == "new" and flag is None else None  # the same count: not twice
             rows, total = views.queue_lines(
-                conn, code, state, now, flag, (max(page, 1) - 1) * PAGE_SIZE, PAGE_SIZE
+                conn, code, state, now, flag, (max(page, 1) - 1) * PAGE_SIZE, PAGE_SIZE, known
             )
-            emptying = assess.emptying(conn, code, now, self.rules)
+        emptying = assess.emptying_of(now, self.rules, code, waiting, oldest)
         self.audit_log.record(
             who.name, "list", None, now, municipality=code, state=state, count=len(rows), via="web"
         )
