@@ -315,9 +315,9 @@ class Actions:
     def read(self, who: Principal, referral_id: int, via: str = "api") -> dict[str, Any]:
         """The whole referral; the read is audited before it is shown, and the sender's replies are read."""
         with self.store.read() as conn:
-            self._visible(conn, who, referral_id)
-            found = views.detail(conn, referral_id)
-        assert found is not None
+            found = views.detail(conn, referral_id, who.sees)
+        if found is None:
+            raise NOT_FOUND
         self.audit_log.record(
             who.name, "read", referral_id, self.clock.now(), **({"via": via} if via != "api" else {})
         )

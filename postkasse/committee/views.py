@@ -4,6 +4,7 @@ and history."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
@@ -253,7 +254,11 @@ def history(conn: Connection, referral_id: int) -> list[dict[str, Any]]:
     return found[-HISTORY_LIMIT:]
 
 
-def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
+def detail(
+    conn: Connection, referral_id: int, sees: Callable[[str | None], bool] | None = None
+) -> dict[str, Any] | None:
+    """The whole referral, or None if there is none or `sees` may not see its municipality (so a read
+    needs one lookup of the referral, not one to check and one to show)."""
     row = conn.execute(
         select(
             referrals,
@@ -265,7 +270,7 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
         .outerjoin(message_headers, message_headers.c.message_id == messages.c.id)
         .where(referrals.c.id == referral_id)
     ).one_or_none()
-    if row is None:
+    if row is None or (sees is not None and not sees(row.municipality)):
         return None
     entries = conn.execute(
         select(thread).where(thread.c.referral_id == referral_id).order_by(thread.c.id)
