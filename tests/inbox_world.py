@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from postkasse.clock import FixedClock
 from postkasse.committee.api import Api
 from postkasse.committee.audit import AuditLog
+from postkasse.committee.recent import Recent
 from postkasse.committee.tokens import Authenticator
 from postkasse.config import DEFAULT_MUNICIPALITIES, WebSettings
 from postkasse.deadlines.rules import RuleBook
@@ -40,7 +42,7 @@ def site(store: Store, clock: FixedClock, web: WebSettings | None = None) -> Sit
     dispatched: list[Next] = []
     api = Api(
         store,
-        Authenticator(store),
+        Authenticator(store, Recent(monotonic=ticks(clock))),
         clock,
         Municipalities.load(DEFAULT_MUNICIPALITIES),
         Pipeline([], store, clock, timedelta(minutes=5)),
@@ -49,8 +51,14 @@ def site(store: Store, clock: FixedClock, web: WebSettings | None = None) -> Sit
         AuditLog(store),
         RuleBook(),
     )
-    app = create_app(store, api, inbox=Inbox(api.actions, web or WebSettings()))
+    inbox = Inbox(api.actions, web or WebSettings(), recent_sessions=Recent(monotonic=ticks(clock)))
+    app = create_app(store, api, inbox=inbox)
     return Site(app, store, clock, dispatched)
+
+
+def ticks(clock: FixedClock) -> Callable[[], float]:
+    """The test's clock as the seconds a `Recent` memory counts its entries' lives in."""
+    return lambda: clock.now().timestamp()
 
 
 @dataclass

@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from postkasse import cli
 from postkasse.clock import FixedClock
-from postkasse.committee import users
+from postkasse.committee import recent, sessions, users
 from postkasse.config import WebSettings
 from postkasse.store import Store
-from postkasse.store.schema import audit
+from postkasse.store.schema import audit, web_sessions
 from postkasse.store.schema import users as users_table
 from tests.inbox_world import Browser, Site, site
 
@@ -75,9 +75,46 @@ def test_disabling_a_user_ends_their_open_session(
     browser.login("anna", add(store, "anna", "0710"))
     assert browser.get("/indbakke").status_code == 200
     assert run(config, "user", "disable", "anna", capsys=capsys)[0] == 0
+    web.clock.advance(timedelta(seconds=recent.TTL))  # the command is another process: seen within seconds
     refused = browser.get("/indbakke")
     assert (refused.status_code, refused.headers["location"]) == (303, "/login?next=/indbakke")
     assert web.browser().login("anna", "whatever").status_code == 401
+
+
+def test_logging_out_ends_the_session_here_at_once_and_in_another_process_within_seconds(
+    store: Store,
+) -> None:
+    """Sessions found a moment ago are remembered per process (`recent`): logging out forgets the session
+    in the process that served the logout; a second process, which cannot be told, asks the store again
+    once its memory of the session is `recent.TTL` seconds old."""
+    clock = FixedClock(T0)
+    here, elsewhere = site(store, clock), site(store, clock)
+    browser = here.browser()
+    browser.login("anna", add(store, "anna", "0710"))
+    cookie = browser.client.cookies["pk_session"]
+    other = elsewhere.browser()
+    other.client.cookies.set("pk_session", cookie)
+    assert browser.get("/indbakke").status_code == 200 and other.get("/indbakke").status_code == 200
+
+    assert browser.post("/logout").status_code == 303
+    again = here.browser()
+    again.client.cookies.set("pk_session", cookie)
+    assert again.get("/indbakke").headers["location"] == "/login?next=/indbakke"
+    clock.advance(timedelta(seconds=recent.TTL))
+    assert other.get("/indbakke").headers["location"] == "/login?next=/indbakke"
+
+
+def test_a_session_ended_in_the_store_is_refused_once_remembered_for_ttl(store: Store, web: Site) -> None:
+    browser = web.browser()
+    browser.login("anna", add(store, "anna", "0710"))
+    assert browser.get("/indbakke").status_code == 200
+    with store.write() as conn:
+        (session_id,) = conn.execute(select(web_sessions.c.id)).scalars()
+        sessions.end(conn, session_id, T0)
+    web.clock.advance(timedelta(seconds=recent.TTL - 1))
+    assert browser.get("/indbakke").status_code == 200  # remembered: the store is not asked again yet
+    web.clock.advance(timedelta(seconds=1))
+    assert browser.get("/indbakke").headers["location"] == "/login?next=/indbakke"
 
 
 def test_the_session_cookie_is_httponly_samesite_and_secure_over_tls(store: Store) -> None:

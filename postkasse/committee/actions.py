@@ -262,10 +262,12 @@ class Actions:
         flag = flag if flag in views.FLAGS else None
         now = self.clock.now()
         with self.store.read() as conn:
+            waiting, oldest = assess.waiting(conn, code)
+            known = waiting if state == "new" and flag is None else None  # the same count: not twice
             rows, total = views.queue_lines(
-                conn, code, state, now, flag, (max(page, 1) - 1) * PAGE_SIZE, PAGE_SIZE
+                conn, code, state, now, flag, (max(page, 1) - 1) * PAGE_SIZE, PAGE_SIZE, known
             )
-            emptying = assess.emptying(conn, code, now, self.rules)
+        emptying = assess.emptying_of(now, self.rules, code, waiting, oldest)
         self.audit_log.record(
             who.name, "list", None, now, municipality=code, state=state, count=len(rows), via="web"
         )
@@ -313,9 +315,9 @@ class Actions:
     def read(self, who: Principal, referral_id: int, via: str = "api") -> dict[str, Any]:
         """The whole referral; the read is audited before it is shown, and the sender's replies are read."""
         with self.store.read() as conn:
-            self._visible(conn, who, referral_id)
-            found = views.detail(conn, referral_id)
-        assert found is not None
+            found = views.detail(conn, referral_id, who.sees)
+        if found is None:
+            raise NOT_FOUND
         self.audit_log.record(
             who.name, "read", referral_id, self.clock.now(), **({"via": via} if via != "api" else {})
         )

@@ -18,6 +18,7 @@ from postkasse.store.schema import users, web_sessions
 
 # `seen_at` is written at most this often: a page view should not cost a write each time.
 TOUCH_EVERY = timedelta(seconds=60)
+MAX_SECRET = 100  # a longer cookie is no secret of ours
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Session:
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def key(secret: str) -> bytes:
+    """What a process remembers a checked cookie by (`recent.Recent`): its digest, never the secret."""
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def start(conn: Connection, user: User, now: datetime) -> tuple[str, Session]:
@@ -47,7 +53,7 @@ def find(
     conn: Connection, secret: str, now: datetime, idle: timedelta, absolute: timedelta
 ) -> Session | None:
     """The live session the cookie names, or None: unknown, ended, timed out, or its user disabled."""
-    if not secret or len(secret) > 100:
+    if not secret or len(secret) > MAX_SECRET:
         return None
     row = conn.execute(
         select(

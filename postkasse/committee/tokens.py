@@ -2,7 +2,8 @@
 
 A token reads `pk_<id>_<secret>`: the id finds the row, argon2 checks the secret. A verified secret is
 remembered in this process by its SHA-256 so argon2's deliberate slowness is paid once per token, not
-per request; revocation is read from the database on every request.
+per request. The row itself is read again once a token has gone unchecked for `recent.TTL` seconds, so a
+revocation (`postkasse token revoke`, another process) is refused by every process within that time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from postkasse.committee.recent import Recent
 from postkasse.store import Store
 from postkasse.store.schema import tokens
 
@@ -90,17 +92,29 @@ def revoke(conn: Connection, name: str, now: datetime) -> None:
 
 
 class Authenticator:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, recent: Recent[Principal] | None = None) -> None:
         self.store = store
         self.hasher = PasswordHasher()
         self.verified: dict[int, bytes] = {}
         self.lock = threading.Lock()
+        # Tokens checked against the store a moment ago, by the whole token's digest (see committee.recent).
+        self.recent: Recent[Principal] = recent if recent is not None else Recent()
 
     def authenticate(self, token: str) -> Principal | None:
         match = TOKEN_SHAPE.match(token.strip())
         if not match:
             return None
-        token_id, secret = int(match.group(1)), match.group(2)
+        key = hashlib.sha256(match.group(0).encode()).digest()
+        known = self.recent.get(key)
+        if known is not None:
+            return known
+        found = self._check(int(match.group(1)), match.group(2))
+        if found is not None:
+            self.recent.put(key, found)
+        return found
+
+    def _check(self, token_id: int, secret: str) -> Principal | None:
+        """The token's row from the store: not revoked, and the secret its hash was made from."""
         with self.store.read() as conn:
             row = conn.execute(select(tokens).where(tokens.c.id == token_id)).one_or_none()
         if row is None or row.revoked_at is not None:

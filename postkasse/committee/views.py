@@ -3,6 +3,8 @@ and history."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parseaddr
@@ -19,6 +21,8 @@ from postkasse.reference import reference
 from postkasse.routing.cpr import Cpr
 from postkasse.store.schema import audit, message_headers, messages, referral_events, referrals, thread
 
+# A From header of a plain name (letters, spaces, dots, hyphens, apostrophes) and a plain address.
+_PLAIN_FROM = re.compile(r"[ \t]*((?:[^\W_]|[ \t.'-])*?)[ \t]*<([A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+)>[ \t]*")
 # What a queue can be filtered by: a column, or a routing flag in the flags list.
 FLAGS = ("urgent", "unread_reply", "address_disagrees", "outside_target_age")
 HISTORY_LIMIT = 200
@@ -89,27 +93,39 @@ class QueueLine:
 
 
 def queue_lines(
-    conn: Connection, code: str, state: str, now: datetime, flag: str | None, offset: int, limit: int
+    conn: Connection,
+    code: str,
+    state: str,
+    now: datetime,
+    flag: str | None,
+    offset: int,
+    limit: int,
+    total: int | None = None,
 ) -> tuple[list[Any], int]:
     """A page of the municipality's queue in one state, urgent first, then by due time (so the overdue
-    come first), and the count of all.
+    come first), and the count of all (`total`, when the caller has counted them already).
 
     Urgent and other referrals are read as two runs of the index (municipality, state, urgent, due_at,
-    id), so a page of a long queue is found without sorting the queue."""
+    id), so a page of a long queue is found without sorting the queue. The urgent ones are counted only
+    when their page does not tell how many there are: a page that is not full of them ends them."""
     where = [referrals.c.municipality == code, referrals.c.state == state]
     if flag in ("urgent", "unread_reply"):
         where.append(referrals.c[flag].is_(True))
     elif flag in FLAGS:
         where.append(cast(referrals.c.flags, String).contains(f'"{flag}"'))
-    total = int(conn.execute(select(func.count()).select_from(referrals).where(*where)).scalar_one())
+    if total is None:
+        total = int(conn.execute(select(func.count()).select_from(referrals).where(*where)).scalar_one())
     if state == "handled":
         order = [referrals.c.handled_at.desc(), referrals.c.id.desc()]
         return _lines(conn, where, order, offset, limit), total
     by_due = [referrals.c.due_at, referrals.c.id]
     urgent = [*where, referrals.c.urgent.is_(True)]
-    first = int(conn.execute(select(func.count()).select_from(referrals).where(*urgent)).scalar_one())
-    rows = _lines(conn, urgent, by_due, offset, limit) if offset < first else []
+    rows = _lines(conn, urgent, by_due, offset, limit)
     if len(rows) < limit:
+        if rows or offset == 0:
+            first = offset + len(rows)
+        else:
+            first = int(conn.execute(select(func.count()).select_from(referrals).where(*urgent)).scalar_one())
         rest = [*where, referrals.c.urgent.is_(False)]
         rows += _lines(conn, rest, by_due, max(offset - first, 0), limit - len(rows))
     return rows, total
@@ -194,8 +210,16 @@ def queue_line(row: Any, now: datetime, rules: Rules) -> QueueLine:
 
 def sender_name(from_header: str | None, envelope: str | None) -> str:
     """The name the sender gave, else their address, else that none is known."""
-    name, address = parseaddr(from_header or "")
+    name, address = plain_from(from_header or "") or parseaddr(from_header or "")
     return name.strip() or address or envelope or "ukendt afsender"
+
+
+def plain_from(header: str) -> tuple[str, str] | None:
+    """`Name <address>` read as `parseaddr` reads it, for the plain names nearly every sender gives;
+    None for anything else (quotes, comments, encoded words, lists), which `parseaddr` reads. The queue
+    page names 50 senders, and `parseaddr` cost a seventh of the page."""
+    found = _PLAIN_FROM.fullmatch(header)
+    return (" ".join(found.group(1).split()), found.group(2)) if found else None
 
 
 def child_age(cpr: str | None, now: datetime) -> int | None:
@@ -230,7 +254,11 @@ def history(conn: Connection, referral_id: int) -> list[dict[str, Any]]:
     return found[-HISTORY_LIMIT:]
 
 
-def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
+def detail(
+    conn: Connection, referral_id: int, sees: Callable[[str | None], bool] | None = None
+) -> dict[str, Any] | None:
+    """The whole referral, or None if there is none or `sees` may not see its municipality (so a read
+    needs one lookup of the referral, not one to check and one to show)."""
     row = conn.execute(
         select(
             referrals,
@@ -242,7 +270,7 @@ def detail(conn: Connection, referral_id: int) -> dict[str, Any] | None:
         .outerjoin(message_headers, message_headers.c.message_id == messages.c.id)
         .where(referrals.c.id == referral_id)
     ).one_or_none()
-    if row is None:
+    if row is None or (sees is not None and not sees(row.municipality)):
         return None
     entries = conn.execute(
         select(thread).where(thread.c.referral_id == referral_id).order_by(thread.c.id)

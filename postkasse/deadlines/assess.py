@@ -98,21 +98,26 @@ def assess(conn: Connection, now: datetime, rules: RuleBook, codes: Iterable[str
         .where(referrals.c.state == "new")
         .group_by(referrals.c.municipality)
     ):
-        municipalities[code] = _emptying(now, rules, code, waiting, oldest)
+        municipalities[code] = emptying_of(now, rules, code, waiting, oldest)
     return Assessment(now, municipalities, found)
 
 
 def emptying(conn: Connection, code: str, now: datetime, rules: RuleBook) -> Emptying:
     """One municipality's queue today, as `assess` sees it, for the page its committee works in."""
-    waiting, oldest = conn.execute(
+    return emptying_of(now, rules, code, *waiting(conn, code))
+
+
+def waiting(conn: Connection, code: str) -> tuple[int, datetime | None]:
+    """How many of the municipality's referrals wait `new`, and when the oldest of them was queued."""
+    count, oldest = conn.execute(
         select(func.count(), func.min(referrals.c.queued_at)).where(
             referrals.c.municipality == code, referrals.c.state == "new"
         )
     ).one()
-    return _emptying(now, rules, code, waiting, oldest)
+    return int(count), oldest
 
 
-def _emptying(now: datetime, rules: RuleBook, code: str, waiting: int, oldest: datetime | None) -> Emptying:
+def emptying_of(now: datetime, rules: RuleBook, code: str, waiting: int, oldest: datetime | None) -> Emptying:
     if not waiting or oldest is None:
         return Emptying("ok", 0, None, None)
     own = rules.for_municipality(code)

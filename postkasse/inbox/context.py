@@ -13,6 +13,8 @@ from starlette.responses import Response
 
 from postkasse.clock import COPENHAGEN, Clock
 from postkasse.committee.actions import Actions
+from postkasse.committee.recent import Recent
+from postkasse.committee.sessions import Session
 from postkasse.config import WebSettings
 from postkasse.deadlines.rules import RuleBook
 from postkasse.inbox.words import TEMPLATE_GLOBALS
@@ -37,11 +39,13 @@ def danish_time(moment: datetime | str | None) -> str:
     if found is None:
         return ""
     local = found.astimezone(COPENHAGEN)
-    return f"{local.day}. {MONTHS[local.month - 1]} {local.year} kl. {local:%H.%M}"
+    return f"{local.day}. {MONTHS[local.month - 1]} {local.year} kl. {local.hour:02d}.{local.minute:02d}"
 
 
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES)
+    # The templates ship with the code: no file is looked at again on each render (a stat per template).
+    templates.env.auto_reload = False
     templates.env.filters["danish_time"] = danish_time
     templates.env.globals.update(TEMPLATE_GLOBALS)
     templates.env.globals["htmx"] = next((p.name for p in sorted(STATIC.glob("htmx-*.min.js"))), None)
@@ -53,6 +57,8 @@ class Inbox:
     actions: Actions
     settings: WebSettings
     templates: Jinja2Templates = field(default_factory=_templates)
+    # Sessions found a moment ago, by their cookie's digest (see guard.session_of and committee.recent).
+    recent_sessions: Recent[Session] = field(default_factory=Recent)
 
     @property
     def store(self) -> Store:

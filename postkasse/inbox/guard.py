@@ -86,18 +86,38 @@ def set_session_cookie(request: Request, response: Response, secret: str) -> Non
 
 
 def session_of(request: Request) -> Session | None:
-    """The live session of this request's cookie; a session's last use is written at most once a minute."""
+    """The live session of this request's cookie; a session's last use is written at most once a minute.
+
+    A session found in the store is trusted for a few seconds without asking again (`recent`): logging
+    out here forgets it at once, an end or a disabled user from elsewhere is seen within `recent.TTL`."""
     inbox = of(request)
     secret = request.cookies.get(COOKIE, "")
-    if not secret:
+    if not secret or len(secret) > sessions.MAX_SECRET:
         return None
+    key = sessions.key(secret)
     now = inbox.clock.now()
-    with inbox.store.read() as conn:
-        found = sessions.find(conn, secret, now, inbox.idle, inbox.absolute)
-    if found is not None and sessions.stale(found, now):
+    found = inbox.recent_sessions.get(key)
+    if found is None:
+        with inbox.store.read() as conn:
+            found = sessions.find(conn, secret, now, inbox.idle, inbox.absolute)
+        if found is None:
+            return None
+        inbox.recent_sessions.put(key, found)
+    elif now - found.seen_at >= inbox.idle:
+        inbox.recent_sessions.forget(key)
+        return None
+    if sessions.stale(found, now):
         with inbox.store.write() as conn:
             sessions.touch(conn, found.id, now)
+        inbox.recent_sessions.forget(key)  # the next request reads the new last use from the store
     return found
+
+
+def forget_session(request: Request) -> None:
+    """This request's session is ended: no longer trusted from memory in this process."""
+    secret = request.cookies.get(COOKIE, "")
+    if secret:
+        of(request).recent_sessions.forget(sessions.key(secret))
 
 
 async def signed_in(request: Request) -> Session:

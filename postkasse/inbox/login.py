@@ -134,6 +134,7 @@ def logout(request: Request, session: guard.Who, _: guard.Form) -> Response:
     with inbox.store.write() as conn:
         sessions.end(conn, session.id, now)
         audit.record(conn, session.user.name, "logout", None, now)
+    guard.forget_session(request)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(guard.COOKIE, path="/")
     return response
