@@ -490,7 +490,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(database_url: str, workdir: Path) -> Iterator[Server]:
+def serve(database_url: str, workdir: Path, processes: int = 1) -> Iterator[Server]:
     """`python -m postkasse serve` on `database_url`, once /readyz answers 200; stopped with SIGTERM."""
     smtp_port, http_port = free_port(HOST), free_port(HOST)
     config = workdir / "postkasse.toml"
@@ -500,6 +500,7 @@ def serve(database_url: str, workdir: Path) -> Iterator[Server]:
         '[broker]\nurl = ""\n\n'
         f'[smtp]\nhost = "{HOST}"\nport = {smtp_port}\n\n'
         f'[http]\nhost = "{HOST}"\nport = {http_port}\n\n'
+        f"[serve]\nprocesses = {processes}\n\n"
         '[log]\nlevel = "WARNING"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKASSE_")}
@@ -572,7 +573,16 @@ class CpuMeter:
         except (OSError, ValueError):
             cpu = [0] * 8
         own = resource.getrusage(resource.RUSAGE_SELF)
-        return cpu, self._jiffies(self.server_pid), self._postgres(), own.ru_utime + own.ru_stime
+        server = self._jiffies(self.server_pid) + sum(map(self._jiffies, self._children(self.server_pid)))
+        return cpu, server, self._postgres(), own.ru_utime + own.ru_stime
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        """The server's own processes: further acceptors (`serve.processes`) and the pipeline process."""
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except (OSError, ValueError):
+            return []
 
     def stop(self) -> dict[str, float]:
         """CPU seconds of server, postgres and clients; steal and other processes as shares of all CPU."""
@@ -838,7 +848,7 @@ def measure_store(store: BenchStore, args: argparse.Namespace) -> tuple[list[Pha
         phases: list[Phase] = []
         with (
             tempfile.TemporaryDirectory(prefix="bench-api-serve-") as workdir,
-            serve(url, Path(workdir)) as srv,
+            serve(url, Path(workdir), args.processes) as srv,
         ):
             for clients, requests, warmup in (
                 (1, args.single, 20),
@@ -984,8 +994,10 @@ def record(
             f"its message (multipart mail with a small PDF, {some.mean_raw:,.0f} bytes on average), parsed "
             "headers and `routed` event; no outbox rows",
             *data,
-            "- Server: `python -m postkasse serve` as shipped (uvicorn, one process, in-process workers "
-            'idle, `[broker] url = ""`, log level WARNING), against that store',
+            "- Server: `python -m postkasse serve` as shipped (uvicorn; the pipeline's process idle, "
+            f'`[broker] url = ""`, log level WARNING) with `serve.processes = {args.processes}` '
+            f"({'one process takes' if args.processes == 1 else f'{args.processes} processes share'} the "
+            "HTTP port), against that store; server CPU is that of all its processes",
             f"- Load: {loop}, {args.clients} client threads in the benchmark process, each with one "
             f"kept-alive `http.client` connection, {args.warmup} unrecorded then {args.requests} timed "
             "requests each; one kind of request at a time; first each with 1 client, "
@@ -1053,6 +1065,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="mean pause of each concurrent client after each request, exponential (default 0: closed loop)",
     )
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help="where to create bench_api_* databases")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="`serve.processes`: processes sharing the HTTP port (1)"
+    )
     parser.add_argument("--record", action="store_true", help="write the result into bench/RESULTS.md")
     args = parser.parse_args(argv)
     for name in ("referrals", "clients", "requests", "single"):
