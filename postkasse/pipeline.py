@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, cast, runtime_checkable
 
 from sqlalchemy import Connection
 
@@ -97,6 +97,9 @@ class Pipeline:
         self.store = store
         self.clock = clock
         self.lease = lease
+        # Asked once here, not per run: a check against a runtime Protocol walks the class every time.
+        self._prepares = {step.name for step in steps if isinstance(step, Prepares)}
+        self._delivers = {step.name for step in steps if isinstance(step, Delivery)}
 
     def step(self, kind: type[S]) -> S:
         """The pipeline's step of this class: the periodic jobs share the alert steps' alerter."""
@@ -110,11 +113,15 @@ class Pipeline:
         ids = outbox.add_many(conn, [(kind, target, now) for kind, target in follow], now + self.lease)
         return [Next(outbox_id, kind) for outbox_id, (kind, _) in zip(ids, follow, strict=True)]
 
-    def run(self, outbox_id: int, dispatch: Dispatch) -> None:
-        """Run the outbox row's step once, if it is still pending. Raises to ask for a retry."""
+    def run(self, outbox_id: int, dispatch: Dispatch, kind: str | None = None) -> None:
+        """Run the outbox row's step once, if it is still pending. Raises to ask for a retry.
+
+        `kind` is the row's step as the broker's message names it (each step has its own actor): a step
+        that does all its work in the write transaction then needs no read beforehand to find out which
+        step it is. The write transaction reads the row's kind anyway; a wrong hint costs a read again."""
         now = self.clock.now()
         try:
-            follow = self._run(outbox_id, now)
+            follow = self._run(outbox_id, now, kind)
         except Postponed as held:
             self._postpone(outbox_id, held.until)
             return
@@ -128,22 +135,34 @@ class Pipeline:
         if follow:
             dispatch(follow)
 
-    def _run(self, outbox_id: int, now: datetime) -> list[Next] | None:
-        with self.store.read() as conn:
-            work = outbox.claim(conn, outbox_id)
-        if work is None:
-            return None
-        step = self.steps[work.kind]
-        if isinstance(step, Prepares):
-            step.prepare(self.store, work.target_id)
-        if isinstance(step, Delivery):
-            step.deliver(self.store, work.target_id, now)
+    def _outside(self, kind: str) -> bool:
+        """Whether the step has work to do before its write transaction (a parse, a delivery)."""
+        return kind in self._prepares or kind in self._delivers
+
+    def _run(self, outbox_id: int, now: datetime, kind: str | None) -> list[Next] | None:
+        if kind is None or kind not in self.steps or self._outside(kind):
+            with self.store.read() as conn:
+                work = outbox.claim(conn, outbox_id)
+            if work is None:
+                return None
+            kind = work.kind
+            step = self.steps[kind]
+            if kind in self._prepares:
+                cast(Prepares, step).prepare(self.store, work.target_id)
+            if kind in self._delivers:
+                cast(Delivery, step).deliver(self.store, work.target_id, now)
         with self.store.write() as conn:
             work = outbox.claim(conn, outbox_id)
             if work is None:
                 return None
-            follow = self.add(conn, step.run(conn, work.target_id, now), now)
-            outbox.finish(conn, outbox_id, now)
+            # A wrong hint for a step with work outside the write: that work was not done; leave, read first.
+            hinted_wrong = work.kind != kind and self._outside(work.kind)
+            if not hinted_wrong:
+                step = self.steps[work.kind]
+                follow = self.add(conn, step.run(conn, work.target_id, now), now)
+                outbox.finish(conn, outbox_id, now)
+        if hinted_wrong:
+            return self._run(outbox_id, now, None)
         metrics.OUTBOX_DONE.labels(work.kind).inc()
         return follow
 

@@ -7,7 +7,7 @@ serve Redis in `postkasse worker`, the in-process broker in `serve`, and the tes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import dramatiq
 from dramatiq.broker import Broker
@@ -31,10 +31,6 @@ class Actors:
         for name, job in (periodic or {}).items():
             self.periodic[name] = self._periodic(name, job)
         for step in pipeline.steps.values():
-
-            def perform(outbox_id: int) -> None:
-                pipeline.run(outbox_id, self.dispatch)
-
             self.by_kind[step.name] = dramatiq.actor(
                 broker=broker,
                 actor_name=step.name,
@@ -42,7 +38,15 @@ class Actors:
                 max_retries=step.max_attempts - 1,
                 min_backoff=int(step.min_backoff.total_seconds() * 1000),
                 max_backoff=int(step.max_backoff.total_seconds() * 1000),
-            )(perform)
+            )(self._perform(pipeline, step.name))
+
+    def _perform(self, pipeline: Pipeline, kind: str) -> Callable[[int], None]:
+        """The actor's body for one step: the outbox id, with the step's name as the pipeline's hint."""
+
+        def perform(outbox_id: int) -> None:
+            pipeline.run(outbox_id, self.dispatch, kind)
+
+        return perform
 
     def _periodic(self, name: str, job: Job) -> dramatiq.Actor[[], None]:
         def perform() -> None:

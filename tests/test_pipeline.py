@@ -100,6 +100,32 @@ def test_a_redelivered_message_changes_nothing(store: Store) -> None:
     assert headers_count(store) == 1
 
 
+class PreparedParse(ParseHeaders):
+    """A parse step with reading to do before its write, as the route step has."""
+
+    def __init__(self) -> None:
+        self.prepared: list[int] = []
+
+    def prepare(self, store: Store, message_id: int) -> None:
+        self.prepared.append(message_id)
+
+
+def test_the_step_named_by_the_broker_runs_once_and_a_wrong_name_changes_nothing(store: Store) -> None:
+    """The actors name the row's step: a step that works only in the write transaction then needs no read
+    first. A name that is wrong (the row's step prepares) is not trusted: the preparation still happens."""
+    first, second = save(store), save(store)
+    steps = pipeline(store, FixedClock(T0))
+    for _ in range(2):
+        steps.run(first.outbox_id, nothing, "parse")
+    assert headers_count(store) == 1
+    prepares = PreparedParse()
+    follow: list[Next] = []
+    pipeline(store, FixedClock(T0), prepares).run(second.outbox_id, follow.extend, "receipt")
+    assert prepares.prepared == [second.message_id]
+    assert headers_count(store) == 2
+    assert [n.kind for n in follow] == ["route"]
+
+
 # What a store error looks like: SQLAlchemy quotes the statement's parameters, the patient's name and CPR.
 CONTENT_ERROR = DataError(
     "INSERT INTO message_headers (subject) VALUES (?)",

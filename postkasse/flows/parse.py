@@ -19,6 +19,7 @@ from postkasse.store.messages import header_block, raw_of, storable
 from postkasse.store.schema import message_headers
 
 _PARSER = BytesHeaderParser(policy=policy.compat32)
+_ROW = insert(message_headers)  # built once: building a statement per call costs more than running it
 
 
 class ParseHeaders:
@@ -30,15 +31,16 @@ class ParseHeaders:
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         headers = _PARSER.parsebytes(header_block(raw_of(conn, message_id)))
         conn.execute(
-            insert(message_headers).values(
-                message_id=message_id,
-                from_header=readable(headers["From"]),
-                subject=readable(headers["Subject"]),
-                date_header=readable(headers["Date"]),
-                content_type=storable(headers.get_content_type()),
-                defects=len(headers.defects),
-                parsed_at=now,
-            )
+            _ROW,
+            {
+                "message_id": message_id,
+                "from_header": readable(headers["From"]),
+                "subject": readable(headers["Subject"]),
+                "date_header": readable(headers["Date"]),
+                "content_type": storable(headers.get_content_type()),
+                "defects": len(headers.defects),
+                "parsed_at": now,
+            },
         )
         return [(kinds.ROUTE, message_id)]
 

@@ -24,8 +24,8 @@ from postkasse.receipts.autoreply import refusal
 from postkasse.reference import reference
 from postkasse.routing.municipalities import Municipalities
 from postkasse.routing.policy import TRIAGE_TEXT
-from postkasse.store.messages import first_copy, header_block
-from postkasse.store.schema import messages, referrals
+from postkasse.store.messages import first_copy, header_block, row_of
+from postkasse.store.schema import referrals
 
 _HEADERS = BytesHeaderParser(policy=policy.compat32)
 
@@ -51,7 +51,7 @@ class SendReceipt:
     def run(self, conn: Connection, message_id: int, now: datetime) -> Sequence[Follow]:
         if outgoing.receipt_for(conn, message_id) is not None:
             return ()
-        message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        message = row_of(conn, message_id)
         headers = _HEADERS.parsebytes(header_block(message.raw))  # RFC 3834 reads headers only
         reason = refusal(message.mail_from, headers, self.own)
         if (

@@ -90,7 +90,7 @@ class RouteMessage:
         stored.hold(conn, message_id)
         if referrals.for_message(conn, message_id) is not None:
             return ()
-        message = conn.execute(select(messages).where(messages.c.id == message_id)).one()
+        message = stored.row_of(conn, message_id)
         try:
             with conn.begin_nested():  # what a failed reading wrote is undone before triage is written
                 return self._route(conn, message, now)

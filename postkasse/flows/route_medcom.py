@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from postkasse import kinds, logs
 from postkasse.committee import correspondence, referrals
@@ -97,6 +97,10 @@ class Outcome:
     duplicate_of_message: int | None = None
 
 
+# What `prepare` reads, built once: it runs for every message routed.
+_SUBMITTED = select(messages.c.raw).where(messages.c.id == bindparam("id"), messages.c.channel == "http")
+
+
 class MedcomIntake:
     def __init__(
         self, settings: MedcomSettings, rules: RuleBook, senders: SenderKinds, from_address: str
@@ -131,9 +135,7 @@ class MedcomIntake:
         the result; without it (a restart, another process) `route` parses by itself. Only a submission
         over HTTP is read here: a mail is parsed once, by the route step, which finds any document in it."""
         with store.read() as conn:
-            data = conn.execute(
-                select(messages.c.raw).where(messages.c.id == message_id, messages.c.channel == "http")
-            ).scalar()
+            data = conn.execute(_SUBMITTED, {"id": message_id}).scalar()
         if data is None:
             return
         result = self._read_or_refuse(data)

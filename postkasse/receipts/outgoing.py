@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
 from postkasse.store.schema import outgoing_mail
 
@@ -25,6 +25,25 @@ class Claimed:
     kind: str
     recipient: str
     raw: bytes
+
+
+# The statements a receipt runs, built once: SQLAlchemy keeps their cache key on them, where one built per
+# call costs more CPU to build and key than to run.
+_ADD = insert(outgoing_mail).returning(outgoing_mail.c.id)
+_SUPPRESS = insert(outgoing_mail)
+_RECEIPT_FOR = select(outgoing_mail.c.id, outgoing_mail.c.state).where(
+    outgoing_mail.c.kind == "receipt", outgoing_mail.c.answers_message == bindparam("message_id")
+)
+_SENT_RECENTLY = (
+    select(func.count())
+    .select_from(outgoing_mail)
+    .where(
+        outgoing_mail.c.kind == bindparam("kind"),
+        outgoing_mail.c.recipient == bindparam("recipient"),
+        outgoing_mail.c.created_at >= bindparam("since"),
+        outgoing_mail.c.state != "suppressed",
+    )
+)
 
 
 def add(
@@ -38,18 +57,17 @@ def add(
     now: datetime,
 ) -> int:
     outgoing_id: int = conn.execute(
-        insert(outgoing_mail)
-        .values(
-            kind=kind,
-            referral_id=referral_id,
-            answers_message=answers_message,
-            recipient=recipient,
-            message_id_header=str(mail["Message-ID"]),
-            raw=mail.as_bytes(policy=SMTP),
-            state="pending",
-            created_at=now,
-        )
-        .returning(outgoing_mail.c.id)
+        _ADD,
+        {
+            "kind": kind,
+            "referral_id": referral_id,
+            "answers_message": answers_message,
+            "recipient": recipient,
+            "message_id_header": str(mail["Message-ID"]),
+            "raw": mail.as_bytes(policy=SMTP),
+            "state": "pending",
+            "created_at": now,
+        },
     ).scalar_one()
     return outgoing_id
 
@@ -65,36 +83,26 @@ def suppress(
     now: datetime,
 ) -> None:
     conn.execute(
-        insert(outgoing_mail).values(
-            kind=kind,
-            answers_message=answers_message,
-            recipient=recipient or "<>",
-            state="suppressed",
-            suppressed_reason=reason,
-            message_id_header=message_id_header,
-            created_at=now,
-        )
+        _SUPPRESS,
+        {
+            "kind": kind,
+            "answers_message": answers_message,
+            "recipient": recipient or "<>",
+            "state": "suppressed",
+            "suppressed_reason": reason,
+            "message_id_header": message_id_header,
+            "created_at": now,
+        },
     )
 
 
 def receipt_for(conn: Connection, message_id: int) -> Any:
-    return conn.execute(
-        select(outgoing_mail.c.id, outgoing_mail.c.state).where(
-            outgoing_mail.c.kind == "receipt", outgoing_mail.c.answers_message == message_id
-        )
-    ).one_or_none()
+    return conn.execute(_RECEIPT_FOR, {"message_id": message_id}).one_or_none()
 
 
 def sent_recently(conn: Connection, kind: str, recipient: str, since: datetime) -> int:
     count: int = conn.execute(
-        select(func.count())
-        .select_from(outgoing_mail)
-        .where(
-            outgoing_mail.c.kind == kind,
-            outgoing_mail.c.recipient == recipient,
-            outgoing_mail.c.created_at >= since,
-            outgoing_mail.c.state != "suppressed",
-        )
+        _SENT_RECENTLY, {"kind": kind, "recipient": recipient, "since": since}
     ).scalar_one()
     return count
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from postkasse.store import outbox
 from postkasse.store.schema import messages
@@ -112,9 +112,30 @@ def save(conn: Connection, batch: Sequence[Received], first_step: str, lease_unt
     return [Stored(m, o, first_step) for m, o in zip(message_ids, outbox_ids, strict=True)]
 
 
+# The statements each message's steps run, built once (SQLAlchemy keeps their cache key on them).
+_RAW = select(messages.c.raw).where(messages.c.id == bindparam("id"))
+_MESSAGE = select(messages).where(messages.c.id == bindparam("id"))
+_FIRST_COPY = (
+    select(messages.c.id)
+    .where(
+        messages.c.message_id == bindparam("message_id_header"),
+        messages.c.mail_from == bindparam("mail_from"),
+        messages.c.id < bindparam("id"),
+    )
+    .order_by(messages.c.id)
+    .limit(1)
+)
+_HOLD = select(messages.c.id).where(messages.c.id == bindparam("id")).with_for_update()
+
+
 def raw_of(conn: Connection, message_id: int) -> bytes:
-    raw: bytes = conn.execute(select(messages.c.raw).where(messages.c.id == message_id)).scalar_one()
+    raw: bytes = conn.execute(_RAW, {"id": message_id}).scalar_one()
     return raw
+
+
+def row_of(conn: Connection, message_id: int) -> Any:
+    """The stored message, its raw bytes and every column."""
+    return conn.execute(_MESSAGE, {"id": message_id}).one()
 
 
 def first_copy(conn: Connection, message: Any) -> int | None:
@@ -122,14 +143,8 @@ def first_copy(conn: Connection, message: Any) -> int | None:
     if not message.message_id:
         return None
     first: int | None = conn.execute(
-        select(messages.c.id)
-        .where(
-            messages.c.message_id == message.message_id,
-            messages.c.mail_from == message.mail_from,
-            messages.c.id < message.id,
-        )
-        .order_by(messages.c.id)
-        .limit(1)
+        _FIRST_COPY,
+        {"message_id_header": message.message_id, "mail_from": message.mail_from, "id": message.id},
     ).scalar_one_or_none()
     return first
 
@@ -138,4 +153,4 @@ def hold(conn: Connection, message_id: int) -> None:
     """Hold the message's row to the end of the transaction (PostgreSQL; SQLite has one writer anyway), so
     one transaction at a time decides what becomes of it. Held from a later message to an earlier one only."""
     if conn.dialect.name == "postgresql":
-        conn.execute(select(messages.c.id).where(messages.c.id == message_id).with_for_update())
+        conn.execute(_HOLD, {"id": message_id})
