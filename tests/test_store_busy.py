@@ -4,6 +4,8 @@ refused PostgreSQL connection become StoreUnavailable, which the HTTP API answer
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,33 @@ def test_a_document_posted_while_the_store_is_down_gets_503_and_retry_after(
     assert b'"code":"store_unavailable"' in body
     outage.restore()
     assert post(daemon, epj, document)[0] == 202
+
+
+def test_sqlite_writers_of_other_processes_queue_and_go_in_turn(tmp_path: Path) -> None:
+    """A writer in another process holds the store's turn: this one waits for it (a busy store past the
+    busy timeout), and writes the moment it is given back."""
+    path = tmp_path / "pk.db"
+    store = Store(f"sqlite:///{path}", busy_timeout=0.3)
+    with store.write() as conn:
+        conn.execute(text("CREATE TABLE notes (n INTEGER)"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            f"{path}-writer.lock",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with pytest.raises(StoreUnavailable), store.write() as conn:
+        conn.execute(text("INSERT INTO notes VALUES (1)"))
+    assert holder.communicate(input="") is not None  # gives the turn back by exiting
+    with store.write() as conn:
+        conn.execute(text("INSERT INTO notes VALUES (2)"))
+    with store.read() as conn:
+        assert conn.execute(text("SELECT n FROM notes")).scalars().all() == [2]
+    store.dispose()
