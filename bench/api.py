@@ -43,6 +43,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -522,6 +523,9 @@ def serve(database_url: str, workdir: Path, processes: int = 1) -> Iterator[Serv
         yield Server(http_port, proc.pid, log, proc)
     finally:
         terminate(proc, timeout=30)
+        kept = Path(__file__).resolve().parent / "out"
+        kept.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, kept / "api-serve.log")  # kept for a look after a failed run
 
 
 # --- the load ------------------------------------------------------------------------------------
