@@ -11,8 +11,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "postkasse-metrics-"
 
 
 @contextlib.contextmanager
@@ -21,12 +23,31 @@ def shared(wanted: bool) -> Iterator[None]:
     if not wanted or os.environ.get(ENV):
         yield
         return
-    directory = tempfile.mkdtemp(prefix="postkasse-metrics-")
+    _remove_left_behind()
+    directory = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
     os.environ[ENV] = directory
     try:
         yield
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _remove_left_behind() -> None:
+    """The directories of a `serve` that was killed (its pid is in the name and no longer runs)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        pid = path.name.removeprefix(PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def process_ended(pid: int) -> None:
