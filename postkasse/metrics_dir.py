@@ -29,6 +29,7 @@ def shared(wanted: bool) -> Iterator[None]:
     try:
         yield
     finally:
+        del os.environ[ENV]
         shutil.rmtree(directory, ignore_errors=True)
 
 

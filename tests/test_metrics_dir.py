@@ -30,6 +30,7 @@ def test_a_fresh_directory_for_this_serve_and_none_left_of_a_dead_one(
         assert mine.is_dir() and mine.parent == tmp_path
         assert not dead.exists() and alive.exists()
     assert not mine.exists()
+    assert metrics_dir.ENV not in os.environ  # nothing after it counts into a directory that is gone
 
 
 def test_no_directory_when_serve_starts_no_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
