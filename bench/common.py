@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import os
 import platform
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from results_file import replace_section  # bench/ is the script's folder, first on sys.path
@@ -140,6 +143,62 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def process(command: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process with its output in `log`, configured by its files alone (no POSTKASSE_* from the
+    caller's environment), stopped with SIGTERM (then SIGKILL) on leaving."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKASSE_")}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT)
+        try:
+            yield proc
+        finally:
+            terminate(proc, timeout=60)
+
+
+def wait_ready(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 60.0
+) -> None:
+    """Poll `ready()` until it is true; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with {proc.returncode} before it was ready; see {log}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if ready():
+                return
+        time.sleep(0.1)
+    raise BenchError(f"{what} was not ready within {timeout:.0f} s; see {log}")
+
+
+def smtp_greets(host: str, port: int) -> bool:
+    with socket.create_connection((host, port), timeout=2) as sock:
+        ok = sock.recv(512).startswith(b"220")
+        sock.sendall(b"QUIT\r\n")
+        return ok
+
+
+def http_ok(host: str, port: int, path: str = "/readyz") -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def forget_redis_namespace(redis_url: str, namespace: str) -> None:
+    """Delete a run's dramatiq keys from the shared Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(f"{namespace}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def postgres_settings(libpq_admin_url: str, names: Sequence[str], shown_url: str = "") -> dict[str, str]:

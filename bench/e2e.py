@@ -52,8 +52,7 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -66,12 +65,16 @@ from common import (  # bench/ is the script's folder, first on sys.path
     code_version,
     command,
     cpu_ticks,
+    forget_redis_namespace,
     free_port,
+    http_ok,
     machine_line,
     noise,
     postgres_settings,
+    process,
     record_section,
-    terminate,
+    smtp_greets,
+    wait_ready,
 )
 
 from tests.refdata_files import POSTNORD, roads_file
@@ -580,42 +583,6 @@ class Running:
 
 
 @contextlib.contextmanager
-def _process(cmd: Sequence[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process with its output in `log`, stopped with SIGTERM (then SIGKILL) on leaving."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKASSE_")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT)
-        try:
-            yield proc
-        finally:
-            terminate(proc, timeout=60)
-
-
-def _wait(ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with {proc.returncode} before it was ready; see {log}")
-        with contextlib.suppress(OSError):
-            if ready():
-                return
-        time.sleep(0.1)
-    raise BenchError(f"{what} was not ready within 60 s; see {log}")
-
-
-def _http_ok(port: int) -> bool:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as response:
-        return bool(response.status == 200)
-
-
-def _smtp_ok(port: int) -> bool:
-    import socket
-
-    with socket.create_connection((HOST, port), timeout=2) as sock:
-        return sock.recv(512).startswith(b"220")
-
-
-@contextlib.contextmanager
 def layout_up(layout: str, database_url: str, name: str) -> Iterator[Running]:
     """The sink, `serve` (and for production a `worker`) on `database_url`, ready for mail."""
     sink_port, smtp_port, http_port = free_port(HOST), free_port(HOST), free_port(HOST)
@@ -637,29 +604,19 @@ def layout_up(layout: str, database_url: str, name: str) -> Iterator[Running]:
     sink_log, serve_log, worker_log = (OUT / f"{name}-{p}.log" for p in ("sink", "serve", "worker"))
     sink_cmd = [sys.executable, str(Path(__file__).resolve()), "--sink", str(sink_port), str(arrivals_file)]
     try:
-        with _process(sink_cmd, sink_log) as sink:
-            _wait(lambda: _smtp_ok(sink_port), sink, "the relay sink", sink_log)
-            with _process([*pk, "serve"], serve_log) as serve:
-                _wait(lambda: _http_ok(http_port), serve, "postkasse serve", serve_log)
+        with process(sink_cmd, sink_log) as sink:
+            wait_ready(lambda: smtp_greets(HOST, sink_port), sink, "the relay sink", sink_log)
+            with process([*pk, "serve"], serve_log) as serve:
+                wait_ready(lambda: http_ok(HOST, http_port), serve, "postkasse serve", serve_log)
                 roots = {"serve": serve.pid, "sink": sink.pid}
                 if layout == "production":
-                    with _process([*pk, "worker"], worker_log) as worker:
+                    with process([*pk, "worker"], worker_log) as worker:
                         yield Running(smtp_port, {**roots, "worker": worker.pid}, Arrivals(arrivals_file))
                 else:
                     yield Running(smtp_port, roots, Arrivals(arrivals_file))
     finally:
         if layout == "production":
-            _forget_redis_namespace(namespace)
-
-
-def _forget_redis_namespace(namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{namespace}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+            forget_redis_namespace(REDIS_URL, namespace)
 
 
 # --- one run -------------------------------------------------------------------------------------
@@ -672,7 +629,7 @@ def _epoch(value: Any) -> float:
     assert isinstance(value, dt.datetime)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.timestamp()
+    return float(value.timestamp())
 
 
 STAGES = (

@@ -24,17 +24,15 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import http.client
 import os
 import resource
 import secrets
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,11 +43,15 @@ from common import (  # bench/ is the script's folder, first on sys.path
     command,
     create_database,
     drop_database,
+    forget_redis_namespace,
     free_port,
+    http_ok,
     machine_line,
     postgres_settings,
+    process,
     record_section,
-    terminate,
+    smtp_greets,
+    wait_ready,
 )
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # the project, for tests.debtools
@@ -225,57 +227,12 @@ class Server:
     pid: int
 
 
-def _wait(
-    ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float = 60.0
-) -> None:
-    """Poll `ready()` until it is true; fail early if the process exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{what} exited with {proc.returncode} before it was ready; see {log}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if ready():
-                return
-        time.sleep(0.1)
-    raise BenchError(f"{what} was not ready within {timeout:.0f} s; see {log}")
-
-
-def _smtp_banner(port: int) -> bool:
-    with socket.create_connection((HOST, port), timeout=2) as sock:
-        ok = sock.recv(512).startswith(b"220")
-        sock.sendall(b"QUIT\r\n")
-        return ok
-
-
-def _http_ok(port: int, path: str) -> bool:
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def _process(
-    command: Sequence[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process with its output in `log`, stopped with SIGTERM (then SIGKILL) on leaving."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT)
-        try:
-            yield proc
-        finally:
-            terminate(proc, timeout=60)
-
-
 @contextlib.contextmanager
 def bare_server(log: Path) -> Iterator[Server]:
     """The baseline in its own process (this file with --bare-server), once it answers 220."""
     port = free_port(HOST)
-    with _process([sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)], log) as proc:
-        _wait(lambda: _smtp_banner(port), proc, log, "the bare aiosmtpd server")
+    with process([sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port)], log) as proc:
+        wait_ready(lambda: smtp_greets(HOST, port), proc, "the bare aiosmtpd server", log)
         yield Server(port, proc.pid)
 
 
@@ -323,32 +280,20 @@ processes = {processes}
 level = "{log_level}"
 """
     )
-    # Only the file configures it: no POSTKASSE_* from the caller's environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTKASSE_")}
     log = OUT / f"{name}.log"
     command = [sys.executable, "-m", "postkasse", "--config", str(config), "serve"]
     worker = [sys.executable, "-m", "postkasse", "--config", str(config), "worker"]
     try:
-        with _process(command, log, env) as proc:
-            _wait(lambda: _http_ok(http_port, "/readyz"), proc, log, "postkasse serve")
+        with process(command, log) as proc:
+            wait_ready(lambda: http_ok(HOST, http_port), proc, "postkasse serve", log)
             if workers == "process":
-                with _process(worker, OUT / f"{name}-worker.log", env):
+                with process(worker, OUT / f"{name}-worker.log"):
                     yield Server(smtp_port, proc.pid)
             else:
                 yield Server(smtp_port, proc.pid)
     finally:
         if broker_url:
-            _forget_redis_namespace(namespace)
-
-
-def _forget_redis_namespace(namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{namespace}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+            forget_redis_namespace(REDIS_URL, namespace)
 
 
 def serve_bare(port: int) -> None:

@@ -47,6 +47,7 @@ from common import (  # bench/ is the script's folder, first on sys.path
     cpu_ticks,
     create_database,
     drop_database,
+    forget_redis_namespace,
     machine_line,
     noise,
     postgres_settings,
@@ -151,16 +152,6 @@ def _url(admin_url: str, scheme: str, database: str) -> str:
     return urlunsplit((scheme, parts.netloc, "/" + database, parts.query, ""))
 
 
-def _forget_namespace(redis_url: str, namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(f"{namespace}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 @contextlib.contextmanager
 def fleet(
     workdir: Path, database_url: str, redis_url: str, namespace: str, relay_port: int, serves: int
@@ -212,7 +203,7 @@ def run_phase(args: argparse.Namespace, name: str, workdir: Path) -> Phase:
         store.dispose()
         sink.stop()
         drop_database(args.pg_admin_url, database)
-        _forget_namespace(args.redis_url, namespace)
+        forget_redis_namespace(args.redis_url, namespace)
 
 
 def _measure(
