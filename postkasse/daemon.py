@@ -27,7 +27,7 @@ from postkasse.mailbox.committer import GroupCommitter
 from postkasse.mailbox.imap import ImapChannel
 from postkasse.mailbox.limits import Tally, count_accept_errors, fitting_session_limit, raise_fd_limit
 from postkasse.mailbox.smtp import MailboxHandler, SmtpServer
-from postkasse.pipeline import Next
+from postkasse.pipeline import Dispatch, Next
 from postkasse.retention.purge import Policy
 from postkasse.store import Store, Stored
 from postkasse.store.migrate import upgrade
@@ -68,26 +68,27 @@ class Daemon:
         # One connection for each thread that may use the store at once, so none is opened per request.
         self.store = Store(settings.database.url, pool_size=HTTP_THREADS + 4)
         self.lease = timedelta(seconds=settings.outbox.lease_seconds)
-        self.broker = make_broker(settings)
         self.parts = flows.parts(settings)
         self.pipeline = flows.build(settings, self.store, self.clock, self.parts)
-        self.actors = Actors(
-            self.broker, self.pipeline, flows.periodic(self.pipeline, Policy.of(settings.retention))
-        )
-        self.handoff = None if settings.broker.url else embedded.Handoff(self.serve_pid)
-        self.dispatch = self.handoff.dispatch if self.handoff is not None else self.actors.dispatch
-        self.children: list[embedded.Child] = []
+        # Work goes to the broker when there is one, or else to the pipeline process `serve` starts.
+        self.actors: Actors | None = None
+        self.handoff: embedded.Handoff | None = None
+        if settings.broker.url:
+            periodic = flows.periodic(self.pipeline, Policy.of(settings.retention))
+            self.actors = Actors(make_broker(settings), self.pipeline, periodic)
+            self.dispatch: Dispatch = self.actors.dispatch
+        else:
+            self.handoff = embedded.Handoff(self.serve_pid)
+            self.dispatch = self.handoff.dispatch
+        commands: dict[str, list[str]] = {}
         if self.first and self.handoff is not None:
-            self.children.append(
-                embedded.Child("pipeline", embedded.pipeline_command(config_path), metrics_dir.process_ended)
-            )
+            commands["pipeline"] = embedded.pipeline_command(config_path)
         if self.first:
-            self.children.extend(
-                embedded.Child(
-                    f"acceptor-{n}", embedded.acceptor_command(config_path), metrics_dir.process_ended
-                )
-                for n in range(2, settings.serve.processes + 1)
-            )
+            for n in range(2, settings.serve.processes + 1):
+                commands[f"acceptor-{n}"] = embedded.acceptor_command(config_path)
+        self.children = [
+            embedded.Child(role, command, metrics_dir.process_ended) for role, command in commands.items()
+        ]
         self.shared_ports = settings.serve.processes > 1
         self.stop_requested = asyncio.Event()
 
@@ -96,13 +97,9 @@ class Daemon:
 
     def _duties(self) -> list[workers.Periodic]:
         """With a broker and no pipeline process to do them: the redriver and the periodic tickers."""
-        if not self.first or self.handoff is not None:
+        if not self.first or self.actors is None:
             return []
-        redrive_every = self.settings.outbox.redrive_interval_seconds
-        return [
-            workers.redriver(self.store, self.clock, self.lease, self.actors, redrive_every),
-            *workers.tickers(self.settings, self.actors),
-        ]
+        return workers.duties(self.settings, self.store, self.clock, self.actors)
 
     def _http_sockets(self) -> list[socket.socket] | None:
         """Shared ports need SO_REUSEPORT on every process's socket, so they are made here, not by uvicorn."""
@@ -196,6 +193,7 @@ class Daemon:
         await asyncio.gather(*(child.stop() for child in self.children))
         if self.handoff is not None:
             self.handoff.close()
-        self.broker.close()
+        if self.actors is not None:
+            self.actors.broker.close()
         self.store.dispose()
         log.info("stopped")

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 
 from postkasse import logs, metrics, workers
 from postkasse.clock import Clock
@@ -211,11 +210,7 @@ def duties(
     """What `serve` does beside the acceptor when it has a broker, done here instead: take the work the
     acceptors hand over, redrive the outbox, ask for the periodic jobs."""
     receive_work(serve_pid, actors.dispatch)
-    lease = timedelta(seconds=settings.outbox.lease_seconds)
-    started = [
-        workers.redriver(store, clock, lease, actors, settings.outbox.redrive_interval_seconds),
-        *workers.tickers(settings, actors),
-    ]
+    started = workers.duties(settings, store, clock, actors)
     for duty in started:
         duty.start()
     return started

@@ -104,10 +104,13 @@ def redriver(store: Store, clock: Clock, lease: timedelta, actors: Actors, inter
     return Periodic("outbox-redriver", interval, job)
 
 
-def tickers(settings: Settings, actors: Actors) -> list[Periodic]:
-    """Ask for the deadline check and the purge now and then. Every process that has them asks; when several
-    run, the jobs themselves keep their alerts and deletions to one each."""
+def duties(settings: Settings, store: Store, clock: Clock, actors: Actors) -> list[Periodic]:
+    """The work beside the workers, in one process of a set-up (not started): the outbox redriver, and the
+    tickers that ask for the deadline check and the purge. When several processes ask, the jobs themselves
+    keep their alerts and deletions to one each."""
+    lease = timedelta(seconds=settings.outbox.lease_seconds)
     return [
+        redriver(store, clock, lease, actors, settings.outbox.redrive_interval_seconds),
         Periodic(
             "deadline-ticker",
             settings.deadlines.check_interval_seconds,
